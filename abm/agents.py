@@ -1,0 +1,524 @@
+"""Mines, processors and buyers: Mesa agents and their behaviour rules (MODEL.md §4, §7.3–§7.4).
+
+Each agent is a Mesa ``Agent`` whose state lives in the model's arrays (``model.world``); the
+properties below read it, so ``mine.capacity_t_per_yr`` or ``buyer.inventory_t`` work as a
+researcher expects. Behaviour is written once per agent type as a class-level rule over all
+agents of that type at once (staged activation by type, vectorised; §14):
+
+- :class:`Mine` — ``produce``.
+- :class:`Processor` — ``plan_inputs``, ``separate``, ``make_magnets``.
+- :class:`Producer` (both) — ``review_operations`` (idle, restart, close) and ``invest``
+  (expansion, pipeline projects by NPV).
+- :class:`Buyer` — ``plan_orders``, ``consume``, ``adapt_demand`` (growth, elasticity,
+  substitution).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import mesa
+import numpy as np
+
+from abm import provenance
+from abm.world import (
+    BLOCS,
+    CLOSED,
+    CONSTRUCTION,
+    IDLE,
+    OPERATING,
+    PLANNED,
+    STATUS,
+)
+
+if TYPE_CHECKING:
+    from abm.model import RareEarthModel
+
+KG_PER_T = 1000.0
+USD_MILLION = 1e6
+STAGE_NAMES = ("mine", "separation", "magnet")
+
+
+class Producer(mesa.Agent):
+    """A mine or processing plant; its state is row ``index`` of ``model.world.producers``."""
+
+    model: RareEarthModel
+
+    def __init__(self, model: RareEarthModel, index: int) -> None:
+        super().__init__(model)
+        self.index = index
+        self.name: str = model.world.producers.names[index]
+
+    @property
+    def _p(self):
+        return self.model.world.producers
+
+    @property
+    def country(self) -> str:
+        """Country code."""
+        return self.model.world.layout.countries[self._p.country[self.index]]
+
+    @property
+    def bloc(self) -> str:
+        """'alliance', 'china' or 'other' (follows alliance membership)."""
+        return BLOCS[self.model.world.country_bloc[self._p.country[self.index]]]
+
+    @property
+    def stage(self) -> str:
+        """'mine', 'separation' or 'magnet'."""
+        return STAGE_NAMES[self._p.stage[self.index]]
+
+    @property
+    def status(self) -> str:
+        """'planned', 'construction', 'operating', 'idle' or 'closed'."""
+        return STATUS[self._p.status[self.index]]
+
+    @property
+    def capacity_t_per_yr(self) -> float:
+        """Built capacity (t REO/yr for mines and separation input, t magnet/yr for magnets)."""
+        return float(self._p.capacity_t_per_yr[self.index])
+
+    @property
+    def unit_cost_usd_per_kg(self) -> float:
+        """Cash cost (mines) or processing cost (plants) per kg."""
+        return float(self._p.unit_cost_usd_per_kg[self.index])
+
+    @property
+    def cash_usd_million(self) -> float:
+        """Cumulative cash position."""
+        return float(self._p.cash_usd_million[self.index])
+
+    @property
+    def asks_usd_per_kg(self) -> dict[str, float]:
+        """Current ask per product sold."""
+        rows = self._p.output_rows[self.index]
+        w = self.model.world
+        return {w.products[p]: float(w.stocks.ask_usd_per_kg[r]) for p, r in enumerate(rows)
+                if r >= 0}
+
+    @property
+    def stocks_t(self) -> dict[str, float]:
+        """Output stock per product sold (t)."""
+        rows = self._p.output_rows[self.index]
+        w = self.model.world
+        return {w.products[p]: float(w.stocks.qty_t[r]) for p, r in enumerate(rows) if r >= 0}
+
+    # ------------------------------------------------------------ rules over all producers
+
+    @staticmethod
+    def effective_capacity_t(model: RareEarthModel) -> np.ndarray:
+        """Per producer: output possible this tick (capacity, ramp-up, status, national quota)."""
+        w, p = model.world, model.world.producers
+        per_tick = p.capacity_t_per_yr / model.config.ticks_per_year
+        since = model.tick - p.ramp_start_tick
+        ramp = np.where((p.ramp_ticks > 0) & (since < p.ramp_ticks),
+                        (since + 1) / np.maximum(p.ramp_ticks, 1), 1.0)
+        cap = per_tick * np.clip(ramp, 0.0, 1.0) * (p.status == OPERATING)
+        quotas = {0: model.config.mining_quota_t_per_yr,
+                  1: model.config.separation_quota_t_per_yr}
+        for stage, by_country in quotas.items():
+            for country, quota in by_country.items():
+                c = w.layout.countries.index(country)
+                mask = (p.stage == stage) & (p.country == c)
+                total = cap[mask].sum()
+                allowed = quota / model.config.ticks_per_year
+                if total > allowed:
+                    cap[mask] *= allowed / total
+        return cap
+
+    @staticmethod
+    def unit_margin(model: RareEarthModel, market_view: bool) -> np.ndarray:
+        """Per producer: expected margin per kg of output capacity unit (US$/kg).
+
+        With ``market_view`` the margin uses market-wide expected prices (for idle producers
+        and projects, which sell nothing); otherwise each producer's own expected prices.
+        """
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        n_e = len(w.layout.elements)
+        oxide_price = model.expected_market_price[1 : 1 + n_e]  # per element
+        margin = np.zeros(len(p.names))
+        mine = p.stage == 0
+        sep = p.stage == 1
+        mag = p.stage == 2
+        basket = p.composition @ oxide_price  # per producer: oxide value of its ore, US$/kg
+        if market_view:
+            conc = model.concentrate_price_per_basket_value * basket
+        else:
+            conc = s.expected_price_usd_per_kg[np.maximum(p.output_rows[:, 0], 0)]
+        margin[mine] = conc[mine] - p.unit_cost_usd_per_kg[mine]
+        typical_ore = model.typical_ore_composition  # per element
+        yields = typical_ore * p.recovery  # per producer × element
+        if market_view:
+            value = yields @ oxide_price
+            input_cost = np.full(len(p.names), model.concentrate_price_per_basket_value
+                                 * (typical_ore @ oxide_price))
+        else:
+            out = p.output_rows[:, 1 : 1 + n_e]
+            own = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)],
+                           oxide_price[None, :])
+            value = (yields * own).sum(axis=1)
+            input_cost = s.expected_price_usd_per_kg[np.maximum(p.input_rows[:, 0], 0)]
+        margin[sep] = value[sep] - p.unit_cost_usd_per_kg[sep] - input_cost[sep]
+        if mag.any():
+            magnet = w.products.index("magnet")
+            recipe_cost = w.magnet_recipe @ oxide_price
+            if market_view:
+                price = np.full(len(p.names), model.expected_market_price[magnet])
+            else:
+                price = s.expected_price_usd_per_kg[np.maximum(p.output_rows[:, magnet], 0)]
+            margin[mag] = price[mag] - p.unit_cost_usd_per_kg[mag] - recipe_cost
+        return margin
+
+    @staticmethod
+    def review_operations(model: RareEarthModel) -> None:
+        """Idle after months of losses, restart when the market margin is positive, close."""
+        p, inv = model.world.producers, model.config.investment
+        own = Producer.unit_margin(model, market_view=False)
+        market = Producer.unit_margin(model, market_view=True)
+        operating = p.status == OPERATING
+        losing = operating & (own < 0)
+        p.loss_months = np.where(losing, p.loss_months + 1, 0)
+        to_idle = operating & (p.loss_months >= inv.loss_months_to_idle)
+        idle = p.status == IDLE
+        restart = idle & (market > 0)
+        p.idle_months = np.where(idle & ~restart, p.idle_months + 1, 0)
+        close = idle & ~restart & (p.idle_months >= inv.idle_months_to_close)
+        p.status = np.where(to_idle, IDLE, p.status)
+        p.status = np.where(restart, OPERATING, p.status)
+        p.status = np.where(close, CLOSED, p.status)
+        p.capacity_t_per_yr = np.where(close, 0.0, p.capacity_t_per_yr)
+        p.pending_capacity_t_per_yr = np.where(close, 0.0, p.pending_capacity_t_per_yr)
+        model.exits_total += int(close.sum())
+        price = np.maximum(Producer.unit_price(model), 1e-9)
+        w = model.config.market.expectation_smoothing
+        p.margin_history = (1 - w) * p.margin_history + w * own / price
+
+    @staticmethod
+    def unit_price(model: RareEarthModel) -> np.ndarray:
+        """Per producer: expected revenue per kg of its capacity unit (US$/kg)."""
+        return Producer.unit_margin(model, market_view=False) + \
+            model.world.producers.unit_cost_usd_per_kg
+
+    @staticmethod
+    def commission(model: RareEarthModel) -> None:
+        """Capacity under construction comes online when its lead time has passed."""
+        p = model.world.producers
+        due = (p.pending_capacity_t_per_yr > 0) & (p.online_tick == model.tick)
+        new = due & (p.status == CONSTRUCTION)
+        p.capacity_t_per_yr = p.capacity_t_per_yr + np.where(due, p.pending_capacity_t_per_yr, 0)
+        p.pending_capacity_t_per_yr = np.where(due, 0.0, p.pending_capacity_t_per_yr)
+        p.ramp_start_tick = np.where(new, model.tick, p.ramp_start_tick)
+        p.status = np.where(new, OPERATING, p.status)
+        model.entries_total += int(new.sum())
+
+    @staticmethod
+    def invest(model: RareEarthModel) -> None:
+        """Yearly: expand profitable busy producers; start pipeline projects with NPV > 0."""
+        p, inv = model.world.producers, model.config.investment
+        tpy = model.config.ticks_per_year
+        # expansion of incumbents
+        expand = ((p.status == OPERATING) & (p.pending_capacity_t_per_yr == 0)
+                  & (p.margin_history >= inv.expansion_hurdle)
+                  & (p.utilisation_history >= inv.utilisation_to_expand))
+        added = np.where(expand, p.capacity_t_per_yr * inv.expansion_share, 0.0)
+        capex = added * inv.expansion_capex_usd_per_t_per_yr / USD_MILLION
+        p.pending_capacity_t_per_yr = p.pending_capacity_t_per_yr + added
+        p.online_tick = np.where(
+            expand, model.tick + round(inv.expansion_lead_time_years * tpy), p.online_tick)
+        # pipeline projects by NPV at market prices
+        margin = Producer.unit_margin(model, market_view=True)
+        npv = project_npv(margin, p.pending_capacity_t_per_yr, p.capex_usd_million,
+                          p.lead_ticks / tpy, p.life_years, p.discount_rate)
+        start = (p.status == PLANNED) & (model.tick >= p.earliest_tick) & (npv > 0)
+        p.status = np.where(start, CONSTRUCTION, p.status)
+        p.online_tick = np.where(start, model.tick + np.maximum(p.lead_ticks, 1), p.online_tick)
+        capex = capex + np.where(start, p.capex_usd_million, 0.0)
+        p.cash_usd_million -= capex
+        model.accounts["capital_goods"] += capex.sum()
+        model.capex_paid_usd_million += capex.sum()
+
+
+def project_npv(
+    margin_usd_per_kg: np.ndarray,
+    capacity_t_per_yr: np.ndarray,
+    capex_usd_million: np.ndarray,
+    lead_years: np.ndarray,
+    life_years: np.ndarray,
+    discount_rate: np.ndarray,
+) -> np.ndarray:
+    """NPV (US$ M) of building: a level margin on full capacity for ``life`` years after lead."""
+    cash_per_yr = margin_usd_per_kg * capacity_t_per_yr * KG_PER_T / USD_MILLION
+    r = np.maximum(discount_rate, 1e-9)
+    annuity = (1 - (1 + r) ** -life_years) / r
+    return cash_per_yr * annuity / (1 + r) ** lead_years - capex_usd_million
+
+
+def output_target(model: RareEarthModel, rows: np.ndarray, capacity_t: np.ndarray) -> np.ndarray:
+    """Per output row: what to make this tick — expected sales plus a share of the stock gap.
+
+    The stock target is half the seller's stock cover at full capacity (``capacity_t`` per
+    tick, in the row's product), so a seller that sells nothing still offers some stock.
+    """
+    s, cfg = model.world.stocks, model.config.market
+    target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity_t
+    adjust = model.months_to_ticks(cfg.order_adjust_months)
+    return np.clip(s.expected_sales_t[rows] + (target - s.qty_t[rows]) / adjust, 0.0, None)
+
+
+def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
+    """Per output row: its owner's capacity per tick in the row's product (typical yields)."""
+    p, s = model.world.producers, model.world.stocks
+    owner = s.owner[rows]
+    cap = p.capacity_t_per_yr[owner] / model.config.ticks_per_year
+    element = s.product[rows] - 1
+    sep = p.stage[owner] == 1
+    yields = np.ones(len(rows))
+    yields[sep] = (model.typical_ore_composition[element[sep]]
+                   * p.recovery[owner[sep], element[sep]])
+    return cap * yields
+
+
+def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
+    """Per output row: what the seller means to sell this tick.
+
+    Its ask is set against this quantity (§7.2): expected sales plus a share of the stock above
+    target, at least a tenth of capacity, at most the stock on hand.
+    """
+    s, cfg = model.world.stocks, model.config.market
+    capacity = output_capacity_t(model, rows)
+    target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity
+    adjust = model.months_to_ticks(cfg.order_adjust_months)
+    offer = s.expected_sales_t[rows] + (s.qty_t[rows] - target) / adjust
+    return np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
+
+
+class Mine(Producer):
+    """A mine: produces concentrate up to capacity and quota, sells it at its ask."""
+
+    @staticmethod
+    def produce(model: RareEarthModel) -> None:
+        """All mines produce into their concentrate stock, up to room under the stock cap."""
+        p, s = model.world.producers, model.world.stocks
+        mines = np.flatnonzero(p.stage == 0)
+        rows = p.output_rows[mines, 0]
+        cap = model.effective_capacity[mines]
+        out = np.clip(np.minimum(cap, output_target(model, rows, cap)), 0.0, None)  # per mine
+        p.output_t[mines] = out
+        s.qty_t[rows] += out
+        model.mined_t_total += out.sum()
+        opex = out * p.unit_cost_usd_per_kg[mines] / KG_PER_T
+        model.charge_opex(mines, opex)
+
+
+class Processor(Producer):
+    """A separation plant or magnet plant: buys inputs, processes, sells outputs."""
+
+    @staticmethod
+    def plan_inputs(model: RareEarthModel, product: int) -> None:
+        """Set desired purchases of ``product`` for every processor that uses it."""
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        rows_all = p.input_rows[:, product]
+        users = np.flatnonzero(rows_all >= 0)
+        if len(users) == 0:
+            return
+        rows = rows_all[users]
+        cap = model.effective_capacity[users]
+        cover = model.config.market.input_cover_months
+        if product == 0:
+            coef = np.ones(len(users))
+            planned = np.minimum(cap, Processor._separation_target(model, users))
+        else:
+            coef = w.magnet_recipe[product - 1] * np.ones(len(users))
+            out_rows = p.output_rows[users, w.products.index("magnet")]
+            planned = np.minimum(cap, output_target(model, out_rows, cap))
+        margin_ok = Producer.unit_margin(model, market_view=False)[users] > 0
+        planned = np.where(margin_ok, planned, 0.0)
+        target = (planned + model.months_to_ticks(cover) * cap) * coef
+        s.desired_t[rows] = np.clip(target - s.qty_t[rows] - model.in_transit_t[rows], 0, None)
+
+    @staticmethod
+    def _separation_target(model: RareEarthModel, users: np.ndarray) -> np.ndarray:
+        """Per plant: t of input to process so that its most-demanded oxide meets its target.
+
+        Joint production: output follows the oxide that needs the most throughput, and the
+        others pile up or sell cheaply (the balance problem).
+        """
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        n_e = len(w.layout.elements)
+        comp = s.attrs[p.input_rows[users, 0]][:, w.layout.composition]  # plant × element
+        comp = np.where(comp.sum(axis=1, keepdims=True) > 0, comp, model.typical_ore_composition)
+        yields = comp * p.recovery[users]  # plant × element
+        out_rows = p.output_rows[users, 1 : 1 + n_e]  # plant × element
+        cap = model.effective_capacity[users]
+        rows = np.maximum(out_rows, 0)
+        wanted = output_target(model, rows.ravel(), (cap[:, None] * yields).ravel())
+        wanted = wanted.reshape(out_rows.shape)  # plant × element, t oxide
+        with np.errstate(divide="ignore", invalid="ignore"):
+            through = np.where((yields > 0) & (out_rows >= 0), wanted / yields, 0.0)
+        return through.max(axis=1)
+
+    @staticmethod
+    def _processing_covered(model: RareEarthModel, plants: np.ndarray) -> np.ndarray:
+        """Per plant: expected value of the oxides from a kg of its input covers processing."""
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        n_e = len(w.layout.elements)
+        comp = s.attrs[p.input_rows[plants, 0]][:, w.layout.composition]
+        out = p.output_rows[plants, 1 : 1 + n_e]
+        price = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], 0.0)
+        value = (comp * p.recovery[plants] * price).sum(axis=1)
+        return value >= p.unit_cost_usd_per_kg[plants]
+
+    @staticmethod
+    def separate(model: RareEarthModel) -> None:
+        """Separation plants turn concentrate into oxides (joint production, recovery losses)."""
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        n_e = len(w.layout.elements)
+        plants = np.flatnonzero(p.stage == 1)
+        if len(plants) == 0:
+            return
+        in_rows = p.input_rows[plants, 0]
+        cap = model.effective_capacity[plants]
+        room = Processor._separation_target(model, plants)
+        value_ok = Processor._processing_covered(model, plants)
+        through = np.clip(np.minimum(np.minimum(cap, s.qty_t[in_rows]), room), 0.0, None)
+        through = np.where(value_ok, through, 0.0)  # per plant, t REO input
+        comp = s.attrs[in_rows][:, w.layout.composition]
+        yields = comp * p.recovery[plants]  # plant × element
+        out_rows = p.output_rows[plants, 1 : 1 + n_e]
+        made = through[:, None] * yields  # plant × element
+        s.qty_t[in_rows] -= through
+        model.separation_losses_t_total += (through - made.sum(axis=1)).sum()
+        out_attrs = provenance.processed(s.attrs[in_rows], w.layout, p.country[plants],
+                                         w.china)
+        has = (out_rows >= 0) & (made > 0)
+        plant_idx, element = np.nonzero(has)
+        lot_attrs = out_attrs[plant_idx].copy()
+        lot_attrs[:, w.layout.composition] = np.eye(n_e)[element]
+        q = made[plant_idx, element]
+        provenance.mix_into(s.qty_t, s.attrs, out_rows[plant_idx, element], q,
+                            q[:, None] * lot_attrs)
+        p.output_t[plants] = through
+        model.charge_opex(plants, through * p.unit_cost_usd_per_kg[plants] / KG_PER_T)
+
+    @staticmethod
+    def make_magnets(model: RareEarthModel) -> None:
+        """Magnet plants combine oxides in fixed proportions (Leontief) into NdFeB."""
+        w, p, s = model.world, model.world.producers, model.world.stocks
+        n_e = len(w.layout.elements)
+        plants = np.flatnonzero(p.stage == 2)
+        if len(plants) == 0:
+            return
+        magnet = w.products.index("magnet")
+        recipe = w.magnet_recipe  # per element
+        used = np.flatnonzero(recipe > 0)
+        in_rows = p.input_rows[plants][:, 1 : 1 + n_e][:, used]  # plant × used element
+        possible = (s.qty_t[in_rows] / recipe[used]).min(axis=1)  # per plant, t magnet
+        cap = model.effective_capacity[plants]
+        out_rows = p.output_rows[plants, magnet]
+        room = output_target(model, out_rows, cap)
+        price_ok = s.expected_price_usd_per_kg[out_rows] >= p.unit_cost_usd_per_kg[plants]
+        made = np.clip(np.minimum(np.minimum(cap, possible), room), 0.0, None)
+        made = np.where(price_ok, made, 0.0)  # per plant, t magnet
+        use = made[:, None] * recipe[used]  # plant × used element, t oxide
+        reo_in = use.sum(axis=1)
+        mixed = (use[:, :, None] * s.attrs[in_rows]).sum(axis=1)  # plant × attribute mass
+        mixed = np.where(reo_in[:, None] > 0, mixed / np.maximum(reo_in, 1e-300)[:, None],
+                         s.attrs[out_rows])
+        lot_attrs = provenance.processed(mixed, w.layout, p.country[plants], w.china)
+        lot_attrs[:, w.layout.composition] = recipe / recipe.sum()
+        s.qty_t[in_rows] = np.maximum(s.qty_t[in_rows] - use, 0.0)
+        provenance.mix_into(s.qty_t, s.attrs, out_rows, made, made[:, None] * lot_attrs)
+        p.output_t[plants] = made
+        model.charge_opex(plants, made * p.unit_cost_usd_per_kg[plants] / KG_PER_T)
+
+
+class Buyer(mesa.Agent):
+    """An end user of one product; its state is row ``index`` of ``model.world.buyers``."""
+
+    model: RareEarthModel
+
+    def __init__(self, model: RareEarthModel, index: int) -> None:
+        super().__init__(model)
+        self.index = index
+        self.name: str = model.world.buyers.names[index]
+
+    @property
+    def country(self) -> str:
+        """Country code."""
+        return self.model.world.layout.countries[self.model.world.buyers.country[self.index]]
+
+    @property
+    def bloc(self) -> str:
+        """'alliance', 'china' or 'other'."""
+        w = self.model.world
+        return BLOCS[w.country_bloc[w.buyers.country[self.index]]]
+
+    @property
+    def product(self) -> str:
+        """Product bought."""
+        return self.model.world.products[self.model.world.buyers.product[self.index]]
+
+    @property
+    def sector(self) -> str:
+        """End-use sector."""
+        return self.model.world.buyers.sectors[self.index]
+
+    @property
+    def inventory_t(self) -> float:
+        """Tonnes on hand."""
+        return float(self.model.world.stocks.qty_t[self.model.world.buyers.row[self.index]])
+
+    @property
+    def expected_landed_price_usd_per_kg(self) -> float:
+        """Smoothed all-in price paid."""
+        w = self.model.world
+        return float(w.stocks.expected_price_usd_per_kg[w.buyers.row[self.index]])
+
+    @property
+    def compliant_share(self) -> float:
+        """Share of its inventory no Chinese mine or processor contributed to."""
+        w = self.model.world
+        return float(provenance.compliant_share(w.stocks.attrs[w.buyers.row[self.index]],
+                                                w.layout))
+
+    # ------------------------------------------------------------ rules over all buyers
+
+    @staticmethod
+    def adapt_demand(model: RareEarthModel) -> None:
+        """This tick's need: base demand × growth × price response × substitution (§7.4)."""
+        b, s = model.world.buyers, model.world.stocks
+        tpy = model.config.ticks_per_year
+        years = model.tick / tpy
+        ratio = s.expected_price_usd_per_kg[b.row] / b.reference_price  # per buyer
+        high = ratio > b.substitution_threshold
+        step = b.substitution_rate_per_yr / tpy
+        b.substitution_factor = np.where(high, b.substitution_factor * (1 - step),
+                                         b.substitution_factor)
+        b.substitution_low = np.minimum(b.substitution_low, b.substitution_factor)
+        ceiling = b.substitution_low + b.substitution_recovery * (1 - b.substitution_low)
+        recovered = np.minimum(b.substitution_factor + step * b.substitution_recovery, ceiling)
+        b.substitution_factor = np.where(high, b.substitution_factor,
+                                         np.maximum(b.substitution_factor, recovered))
+        price_response = np.minimum(np.maximum(ratio, 1e-6) ** -b.elasticity, 2.0)
+        growth = (1 + b.growth_rate_per_yr) ** years
+        b.need_t = b.base_demand_t_per_yr / tpy * growth * price_response * b.substitution_factor
+
+    @staticmethod
+    def plan_orders(model: RareEarthModel) -> None:
+        """Desired purchase: this tick's need plus a share of the gap to the stock target."""
+        b, s = model.world.buyers, model.world.stocks
+        target = b.need_t * model.months_to_ticks(b.inventory_target_months)
+        gap = target - s.qty_t[b.row] - model.in_transit_t[b.row]
+        adjust = model.months_to_ticks(model.config.market.order_adjust_months)
+        s.desired_t[b.row] = np.clip(b.need_t + gap / adjust, 0.0, None)
+
+    @staticmethod
+    def consume(model: RareEarthModel) -> np.ndarray:
+        """Consume from inventory; returns per buyer × attribute the consumed attribute mass."""
+        b, s = model.world.buyers, model.world.stocks
+        used = np.minimum(b.need_t, s.qty_t[b.row])
+        b.consumed_t = used
+        s.qty_t[b.row] -= used
+        reo = used * model.world.reo_content[b.product]
+        model.consumed_reo_t_total += reo.sum()
+        return used[:, None] * s.attrs[b.row]

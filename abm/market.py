@@ -1,0 +1,174 @@
+"""Market mechanics as pure array functions (MODEL.md §7.1–§7.2).
+
+Nothing here knows about agents or the model: arrays in, arrays out, so each rule is tested on
+its own. Edge arrays of one market are indexed by *local* seller and buyer positions.
+
+- :func:`landed_cost` — what a kg costs a buyer through one edge, all-in.
+- :func:`logit_shares` — how each buyer splits its orders over its eligible edges.
+- :func:`clear` — order routing with proportional rationing and re-sending, for a few rounds.
+- :func:`adjust_asks` — each seller's ask moves with its own excess demand.
+- :func:`smooth` — exponential smoothing of expectations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS_T = 1e-12  # tonnes below which a quantity counts as nothing
+
+
+def landed_cost(
+    ask: np.ndarray,
+    duty: np.ndarray,
+    tariff: np.ndarray,
+    levy: np.ndarray,
+    transport: np.ndarray,
+    premium: np.ndarray,
+) -> np.ndarray:
+    """Landed cost per kg on each edge: ask·(1+duty)·(1+tariff) + levy + transport + premium.
+
+    All arguments are per edge (US$/kg or ad valorem shares); returns US$/kg per edge.
+    """
+    return ask * (1.0 + duty) * (1.0 + tariff) + levy + transport + premium
+
+
+def _group_min(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.full(n_groups, np.inf)
+    np.minimum.at(out, groups, values)
+    return out
+
+
+def logit_shares(
+    cost: np.ndarray,
+    buyer: np.ndarray,
+    eligible: np.ndarray,
+    n_buyers: int,
+    beta: float,
+    price_scale: np.ndarray,
+) -> np.ndarray:
+    """Multinomial-logit share of each buyer's orders on each of its edges.
+
+    Args:
+        cost: per edge, the cost the buyer ranks by (US$/kg; lower is better).
+        buyer: per edge, local buyer index.
+        eligible: per edge, whether the edge may receive orders now.
+        n_buyers: number of buyers.
+        beta: dimensionless price sensitivity; ``beta → ∞`` is cheapest-first (ties split).
+        price_scale: per buyer, the reference price that makes ``beta`` dimensionless.
+
+    Returns:
+        Per edge share in [0, 1]; each buyer's shares sum to 1 over its eligible edges
+        (0 everywhere for a buyer with none).
+
+    """
+    masked = np.where(eligible, cost, np.inf)  # per edge
+    best = _group_min(masked, buyer, n_buyers)  # per buyer
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = (masked - best[buyer]) / price_scale[buyer]  # per edge, >= 0, inf or nan
+        weight = np.where(eligible & np.isfinite(gap), np.exp(-beta * gap), 0.0)
+    total = np.bincount(buyer, weight, minlength=n_buyers)  # per buyer
+    safe = np.where(total > 0, total, 1.0)
+    return weight / safe[buyer]
+
+
+@dataclass
+class Clearing:
+    """Result of clearing one market."""
+
+    flow: np.ndarray  # per edge: tonnes shipped
+    orders: np.ndarray  # per seller: tonnes ordered, summed over rounds
+    unmet: np.ndarray  # per buyer: tonnes wanted but not obtained
+
+
+def clear(
+    cost: np.ndarray,
+    seller: np.ndarray,
+    buyer: np.ndarray,
+    eligible: np.ndarray,
+    compliant: np.ndarray,
+    demand: np.ndarray,
+    min_compliant_share: np.ndarray,
+    available: np.ndarray,
+    beta: float,
+    price_scale: np.ndarray,
+    rounds: int,
+) -> Clearing:
+    """Route orders by logit choice, ration oversubscribed sellers proportionally, re-send.
+
+    A buyer with a compliance requirement ``m`` places the share ``m`` of its demand among
+    compliant edges only and the rest among all its eligible edges. Each round, every seller
+    fills all its orders in the same proportion ``min(1, available / orders)``; unfilled
+    remainders are re-sent in the next round to sellers with stock left.
+
+    Args:
+        cost: per edge ranking cost (US$/kg).
+        seller: per edge local seller index.
+        buyer: per edge local buyer index.
+        eligible: per edge, may trade at all (allowed by policy, below the reservation price).
+        compliant: per edge, the seller's material counts as compliant.
+        demand: per buyer, tonnes wanted.
+        min_compliant_share: per buyer, share of demand that must be compliant.
+        available: per seller, tonnes offered.
+        beta: logit sensitivity.
+        price_scale: per buyer reference price.
+        rounds: number of order rounds (>= 1).
+
+    Returns:
+        Flows per edge, orders per seller and unmet demand per buyer. Flows never exceed what a
+        seller had available, nor what a buyer wanted.
+
+    """
+    n_sellers, n_buyers = len(available), len(demand)
+    left = available.astype(float).copy()  # per seller
+    want_compliant = demand * min_compliant_share  # per buyer
+    want_any = demand - want_compliant  # per buyer
+    flow = np.zeros(len(cost))  # per edge
+    orders = np.zeros(n_sellers)  # per seller
+    for _ in range(rounds):
+        open_edge = eligible & (left[seller] > EPS_T)  # per edge
+        tranche_orders = []
+        for want, mask in ((want_compliant, open_edge & compliant), (want_any, open_edge)):
+            share = logit_shares(cost, buyer, mask, n_buyers, beta, price_scale)
+            tranche_orders.append(want[buyer] * share)  # per edge
+        edge_orders = tranche_orders[0] + tranche_orders[1]  # per edge
+        received = np.bincount(seller, edge_orders, minlength=n_sellers)  # per seller
+        if received.sum() <= EPS_T:
+            break
+        orders += received
+        fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
+        for want, placed in ((want_compliant, tranche_orders[0]), (want_any, tranche_orders[1])):
+            got = placed * fill[seller]  # per edge
+            flow += got
+            want -= np.bincount(buyer, got, minlength=n_buyers)
+            np.maximum(want, 0.0, out=want)
+        left -= np.bincount(seller, edge_orders * fill[seller], minlength=n_sellers)
+        np.maximum(left, 0.0, out=left)
+    return Clearing(flow=flow, orders=orders, unmet=want_compliant + want_any)
+
+
+def adjust_asks(
+    ask: np.ndarray,
+    orders: np.ndarray,
+    available: np.ndarray,
+    kappa: float,
+    floor: np.ndarray,
+) -> np.ndarray:
+    """Next ask of each seller: ``ask · exp(κ · clip((orders − available)/available, −1, 1))``.
+
+    A seller with nothing to offer and no orders keeps its ask; one with nothing to offer but
+    orders raises it by the full step. The result is bounded below by ``floor`` (per seller).
+    """
+    has_stock = available > EPS_T
+    excess = np.where(
+        has_stock,
+        (orders - available) / np.where(has_stock, available, 1.0),
+        np.where(orders > EPS_T, 1.0, 0.0),
+    )
+    return np.maximum(ask * np.exp(kappa * np.clip(excess, -1.0, 1.0)), floor)
+
+
+def smooth(expected: np.ndarray, observed: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential smoothing: ``(1 − weight)·expected + weight·observed``."""
+    return (1.0 - weight) * expected + weight * observed

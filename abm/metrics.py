@@ -1,0 +1,334 @@
+"""Every metric of MODEL.md §10, defined once: name, unit, meaning and how it is computed.
+
+A metric is a function of the model after a tick. The registry :data:`METRICS` serves Mesa's
+``DataCollector`` (:func:`reporters`), the CLI's tables, the glossary in the docs
+(:func:`glossary_markdown`) and, later, sweeps and notebooks. Names depend on the scenario's
+products (``oxide:NdPr`` appears as ``oxide_NdPr``), blocs and stages.
+
+Undefined values are NaN, not zero: a price with no trade behind it this tick (e.g. the
+export FOB price when China exports nothing) is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from abm import provenance
+from abm.world import BLOCS, BUYER, CLOSED, IDLE, OPERATING, PLANNED
+
+if TYPE_CHECKING:
+    from abm.model import RareEarthModel
+
+STAGES = ("mining", "separation", "magnets")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One collected quantity."""
+
+    name: str
+    unit: str
+    meaning: str
+    compute: Callable[[RareEarthModel], float]
+
+
+def slug(product: str) -> str:
+    """Column-safe product name: ``oxide:NdPr`` → ``oxide_NdPr``."""
+    return product.replace(":", "_")
+
+
+def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
+    total = weights.sum()
+    return float((values * weights).sum() / total) if total > 0 else float("nan")
+
+
+def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
+    w = model.world
+    e, s = w.edges, w.stocks
+    seller_c, buyer_c = s.country[e.seller], s.country[e.buyer]
+    return {
+        "seller_cn": seller_c == w.china,
+        "buyer_cn": buyer_c == w.china,
+        "buyer_bloc": w.country_bloc[buyer_c],
+        "compliant": s.attrs[e.seller, w.layout.touched_cn] < 1e-9,
+        "product": e.product,
+        "flow": e.flow_t,
+    }
+
+
+# ------------------------------------------------------------------ prices
+
+
+def price(model: RareEarthModel, product: int, kind: str) -> float:
+    """Volume-weighted price of this tick's trades of one product, by kind of trade.
+
+    Kinds: ``world`` (every trade, at the ask), ``cn_domestic`` (CN sellers to CN buyers),
+    ``export_fob`` (CN sellers to non-CN buyers, ask before tariff), ``alliance_landed``
+    (all-in landed cost alliance buyers paid), ``compliant`` (material no CN mine or plant
+    touched, at the ask).
+    """
+    v = _edge_view(model)
+    on = v["product"] == product
+    select = {
+        "world": on,
+        "cn_domestic": on & v["seller_cn"] & v["buyer_cn"],
+        "export_fob": on & v["seller_cn"] & ~v["buyer_cn"],
+        "alliance_landed": on & (v["buyer_bloc"] == BLOCS.index("alliance")),
+        "compliant": on & v["compliant"],
+    }[kind]
+    prices = model.edge_landed if kind == "alliance_landed" else model.edge_ask
+    return _weighted(prices[select], v["flow"][select])
+
+
+def two_tier_spread(model: RareEarthModel, product: int) -> float:
+    """Export FOB minus China domestic price of one product (US$/kg)."""
+    return price(model, product, "export_fob") - price(model, product, "cn_domestic")
+
+
+# ------------------------------------------------------------------ dependency
+
+
+def _consumption_value_weights(model: RareEarthModel) -> np.ndarray:
+    """Per buyer: weight of a tonne consumed, its product's reference price (value basis)."""
+    b = model.world.buyers
+    return model.world.reference_price[b.product]
+
+
+def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
+    """Share of a bloc's consumption (by value at reference prices) with a Chinese link.
+
+    Kinds: ``processed`` (processed in CN at any stage), ``mined`` (mined in CN), ``route``
+    (mined or processed in CN: the route touched China).
+    """
+    w = model.world
+    b = w.buyers
+    mine = w.country_bloc[b.country] == bloc
+    weight = _consumption_value_weights(model)[mine]
+    attr_mass = model.consumed_attr_t[mine]  # per buyer × attribute, t
+    consumed = b.consumed_t[mine]
+    if kind == "processed":
+        linked = attr_mass[:, w.layout.processed_cn]
+    elif kind == "route":
+        linked = attr_mass[:, w.layout.touched_cn]
+    else:
+        linked = provenance.mined_in(attr_mass, w.layout, w.china)
+    total = (weight * consumed).sum()
+    return float((weight * linked).sum() / total) if total > 0 else float("nan")
+
+
+# ------------------------------------------------------------------ production structure
+
+
+def _output_by_country(model: RareEarthModel, stage: int) -> np.ndarray:
+    p = model.world.producers
+    in_stage = p.stage == stage
+    out = p.output_t[in_stage] * (model.world.reo_content[-1] if stage == 2 else 1.0)
+    return np.bincount(p.country[in_stage], out, minlength=model.world.layout.n_countries)
+
+
+def china_share(model: RareEarthModel, stage: int) -> float:
+    """China's share of world output of a stage this tick."""
+    by_country = _output_by_country(model, stage)
+    total = by_country.sum()
+    return float(by_country[model.world.china] / total) if total > 0 else float("nan")
+
+
+def hhi(model: RareEarthModel, stage: int) -> float:
+    """Herfindahl–Hirschman index of a stage's output by country (0–10,000)."""
+    by_country = _output_by_country(model, stage)
+    total = by_country.sum()
+    return float(((100 * by_country / total) ** 2).sum()) if total > 0 else float("nan")
+
+
+def capacity(model: RareEarthModel, stage: int, bloc: int) -> float:
+    """Built capacity (operating or idle) of a stage in a bloc, per year."""
+    p, w = model.world.producers, model.world
+    mask = (p.stage == stage) & (w.country_bloc[p.country] == bloc) & \
+        ((p.status == OPERATING) | (p.status == IDLE))
+    return float(p.capacity_t_per_yr[mask].sum())
+
+
+def utilisation(model: RareEarthModel, stage: int) -> float:
+    """Output over effective capacity, operating producers of a stage."""
+    p = model.world.producers
+    mask = p.stage == stage
+    cap = model.effective_capacity[mask].sum()
+    return float(p.output_t[mask].sum() / cap) if cap > 0 else float("nan")
+
+
+def active_producers(model: RareEarthModel, stage: int) -> float:
+    """Number of operating producers of a stage."""
+    p = model.world.producers
+    return float(((p.stage == stage) & (p.status == OPERATING)).sum())
+
+
+def profit(model: RareEarthModel, stage: int, bloc: int) -> float:
+    """Cash profit of producers of a stage in a bloc this tick: sales − purchases − costs."""
+    p, w = model.world.producers, model.world
+    mask = (p.stage == stage) & (w.country_bloc[p.country] == bloc)
+    return float(model.tick_profit[mask].sum())
+
+
+# ------------------------------------------------------------------ demand side
+
+
+def shortage(model: RareEarthModel, bloc: int) -> float:
+    """Unmet share of a bloc's end-use need this tick (by value at reference prices)."""
+    w = model.world
+    b = w.buyers
+    mine = w.country_bloc[b.country] == bloc
+    weight = _consumption_value_weights(model)[mine]
+    need = (weight * b.need_t[mine]).sum()
+    got = (weight * b.consumed_t[mine]).sum()
+    return float(1 - got / need) if need > 0 else float("nan")
+
+
+def seller_stock(model: RareEarthModel, product: int) -> float:
+    """Tonnes of a product held by sellers (the balance problem shows here)."""
+    s = model.world.stocks
+    mask = (s.product == product) & (s.owner_kind != BUYER) & (s.role == 0)
+    return float(s.qty_t[mask].sum())
+
+
+# ------------------------------------------------------------------ registry
+
+
+def _build_registry(model: RareEarthModel) -> list[Metric]:
+    w = model.world
+    out: list[Metric] = []
+    add = out.append
+    for p, name in enumerate(w.products):
+        unit = "US$/kg REO" if name == "concentrate" else "US$/kg"
+        tag = slug(name)
+        add(Metric(f"price_world_{tag}", unit,
+                   f"Volume-weighted price of all {name} trades (at the ask).",
+                   partial(price, product=p, kind="world")))
+        add(Metric(f"price_cn_domestic_{tag}", unit,
+                   f"Volume-weighted price of {name} sold by CN sellers to CN buyers.",
+                   partial(price, product=p, kind="cn_domestic")))
+        add(Metric(f"price_export_fob_{tag}", unit,
+                   f"Volume-weighted price of {name} sold by CN sellers abroad, before tariff.",
+                   partial(price, product=p, kind="export_fob")))
+        add(Metric(f"price_alliance_landed_{tag}", unit,
+                   f"Volume-weighted all-in landed cost alliance buyers paid for {name}.",
+                   partial(price, product=p, kind="alliance_landed")))
+        add(Metric(f"price_compliant_{tag}", unit,
+                   f"Volume-weighted price of compliant {name} (no CN mine or plant in it).",
+                   partial(price, product=p, kind="compliant")))
+        add(Metric(f"two_tier_spread_{tag}", unit,
+                   f"Export FOB minus China domestic price of {name}.",
+                   partial(two_tier_spread, product=p)))
+        add(Metric(f"seller_stock_t_{tag}", "t",
+                   f"Stock of {name} held by its sellers.", partial(seller_stock, product=p)))
+    for b, bloc in enumerate(BLOCS):
+        for kind, text in (("processed", "processed in China at any stage"),
+                           ("mined", "mined in China"),
+                           ("route", "whose route touched China (mined or processed)")):
+            add(Metric(f"dependency_{kind}_cn_{bloc}", "share",
+                       f"Share of the {bloc} bloc's consumption (value at reference prices) "
+                       f"{text}.", partial(dependency, bloc=b, kind=kind)))
+        add(Metric(f"shortage_{bloc}", "share",
+                   f"Unmet share of the {bloc} bloc's end-use need (value-weighted).",
+                   partial(shortage, bloc=b)))
+        add(Metric(f"fill_rate_{bloc}", "share", f"1 − shortage_{bloc}.",
+                   lambda m, b=b: 1 - shortage(m, b)))
+    for st, stage in enumerate(STAGES):
+        unit = "t magnet/yr" if stage == "magnets" else "t REO/yr"
+        add(Metric(f"cn_share_{stage}", "share",
+                   f"China's share of world {stage} output this tick.",
+                   partial(china_share, stage=st)))
+        add(Metric(f"hhi_{stage}", "index 0–10,000",
+                   f"Herfindahl–Hirschman index of {stage} output by country.",
+                   partial(hhi, stage=st)))
+        add(Metric(f"utilisation_{stage}", "share",
+                   f"Output over effective capacity of {stage} producers.",
+                   partial(utilisation, stage=st)))
+        add(Metric(f"active_producers_{stage}", "count",
+                   f"Operating {stage} producers.", partial(active_producers, stage=st)))
+        for b, bloc in enumerate(BLOCS):
+            add(Metric(f"capacity_{stage}_{bloc}", unit,
+                       f"Built {stage} capacity (operating or idle) in the {bloc} bloc.",
+                       partial(capacity, stage=st, bloc=b)))
+            add(Metric(f"profit_{stage}_{bloc}", "US$ M per tick",
+                       f"Cash profit of {stage} producers in the {bloc} bloc.",
+                       partial(profit, stage=st, bloc=b)))
+    fiscal = (("tariff_revenue", "Tariff revenue of importing blocs."),
+              ("duty_revenue", "Export duty revenue (China)."),
+              ("levy_revenue", "Border levy revenue (alliance)."),
+              ("floor_subsidy", "Price-floor subsidy paid (alliance)."))
+    for key, text in fiscal:
+        add(Metric(f"{key}_usd_million", "US$ M per tick", text,
+                   lambda m, key=key: m.tick_fiscal[key]))
+    add(Metric("buyers_landed_cost_usd_million", "US$ M per tick",
+               "What end buyers paid for their purchases, all-in.",
+               lambda m: float(m.tick_buyer_spend.sum())))
+    add(Metric("entries_total", "count", "Pipeline projects come online so far.",
+               lambda m: float(m.entries_total)))
+    add(Metric("exits_total", "count", "Producers closed so far.",
+               lambda m: float(m.exits_total)))
+    add(Metric("projects_under_construction", "count", "Pipeline projects being built.",
+               lambda m: float((m.world.producers.status == 1).sum())))
+    add(Metric("projects_planned", "count", "Pipeline projects not (yet) started.",
+               lambda m: float((m.world.producers.status == PLANNED).sum())))
+    add(Metric("closed_producers", "count", "Producers closed.",
+               lambda m: float((m.world.producers.status == CLOSED).sum())))
+    add(Metric("mass_balance_error_t", "t REO",
+               "Mined − (stock change + in transit + consumed + losses); zero up to rounding.",
+               lambda m: m.mass_balance_error_t()))
+    add(Metric("money_balance_error_usd_million", "US$ M",
+               "Sum over every account of the closed money system; zero up to rounding.",
+               lambda m: m.money_balance_error_usd_million()))
+    return out
+
+
+def registry(model: RareEarthModel) -> list[Metric]:
+    """The metrics of this model's world (depend on its products)."""
+    return _build_registry(model)
+
+
+def reporters(model: RareEarthModel) -> dict[str, Callable[[RareEarthModel], float]]:
+    """Model reporters for Mesa's ``DataCollector``, one per metric."""
+    return {m.name: m.compute for m in registry(model)}
+
+
+def glossary(model: RareEarthModel) -> pd.DataFrame:
+    """Name, unit and meaning of every metric."""
+    return pd.DataFrame([(m.name, m.unit, m.meaning) for m in registry(model)],
+                        columns=["name", "unit", "meaning"])
+
+
+def glossary_markdown(model: RareEarthModel) -> str:
+    """The glossary as a Markdown table."""
+    rows = [f"| `{m.name}` | {m.unit} | {m.meaning} |" for m in registry(model)]
+    return "\n".join(["| name | unit | meaning |", "|---|---|---|", *rows])
+
+
+def flows_frame(model: RareEarthModel) -> pd.DataFrame:
+    """Edge flows of every collected tick: tick, seller, buyer, product, countries, prices."""
+    columns = ["tick", "seller", "buyer", "product", "seller_country", "buyer_country",
+               "flow_t", "ask_usd_per_kg", "landed_usd_per_kg"]
+    if not model.flow_log:
+        return pd.DataFrame(columns=columns)
+    log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in model.flow_log[0]}
+    w = model.world
+    e, s = w.edges, w.stocks
+    edge = log["edge"]
+    names = np.array([a.name for a in model._row_agent])
+    countries = np.array(w.layout.countries)
+    return pd.DataFrame({
+        "tick": log["tick"],
+        "seller": names[e.seller[edge]],
+        "buyer": names[e.buyer[edge]],
+        "product": np.array(w.products)[e.product[edge]],
+        "seller_country": countries[s.country[e.seller[edge]]],
+        "buyer_country": countries[s.country[e.buyer[edge]]],
+        "flow_t": log["flow_t"],
+        "ask_usd_per_kg": log["ask_usd_per_kg"],
+        "landed_usd_per_kg": log["landed_usd_per_kg"],
+    })

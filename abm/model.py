@@ -1,0 +1,549 @@
+"""RareEarthModel: one Mesa model, and what happens in one tick (MODEL.md §6).
+
+``step()`` reads as the tick's story; each named call is a stage of the staged activation,
+acting on every agent of a type at once over the arrays of ``model.world``. Market clearing
+itself is the pure code of ``abm.market``; this module wires agents' state into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mesa
+import networkx as nx
+import numpy as np
+
+from abm import market, metrics, provenance
+from abm.agents import KG_PER_T, Buyer, Mine, Processor, Producer, planned_offer_t
+from abm.scenario import Scenario, load_scenario
+from abm.world import BUYER, OPERATING, OUTPUT, World, build_world
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
+COMPLIANT_TOLERANCE = 1e-9  # a lot is compliant when its China-touched share is below this
+
+
+@dataclass
+class _MarketIndex:
+    """Local indexing of one product market's edges (built once)."""
+
+    edges: slice
+    seller_rows: np.ndarray  # per local seller: stock row
+    seller_local: np.ndarray  # per edge: local seller
+    buyer_rows: np.ndarray  # per local buyer: stock row
+    buyer_local: np.ndarray  # per edge: local buyer
+
+
+class RareEarthModel(mesa.Model):
+    """The rare-earth market: mines, processors and buyers trading on a network.
+
+    Args:
+        scenario: a validated :class:`~abm.scenario.Scenario`, or a path to a scenario file;
+            default: ``configs/baseline.yaml``.
+        rng: seed or numpy Generator for every random draw of the model.
+        overrides: dotted-path overrides applied to a scenario loaded from a path.
+
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | str | Path | None = None,
+        rng: Any = None,
+        overrides: dict[str, Any] | list[str] | None = None,
+    ) -> None:
+        super().__init__(rng=rng)
+        if not isinstance(scenario, Scenario):
+            scenario = load_scenario(scenario or DEFAULT_SCENARIO, overrides)
+        self.config = scenario
+        self.world: World = build_world(scenario)
+        self.tick = 0
+        self._init_accounts()
+        self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
+        self._init_buyer_terms()
+        self.expected_market_price = self.world.reference_price.copy()
+        self.typical_ore_composition = self._typical_ore()
+        self.concentrate_price_per_basket_value = self._initial_netback()
+        self.producer_agents = [
+            (Mine if stage == 0 else Processor)(self, i)
+            for i, stage in enumerate(self.world.producers.stage)
+        ]
+        self.buyer_agents = [Buyer(self, j) for j in range(len(self.world.buyers.names))]
+        self._graph = self._build_network()
+        self.flow_log: list[dict[str, np.ndarray]] = []
+        self._seed_stocks(scenario.market.warmup_ticks)
+        self._begin_tick()
+        self.tick_profit = np.zeros(len(self.world.producers.names))
+        self._warm_up(scenario.market.warmup_ticks)
+        self.datacollector = mesa.DataCollector(model_reporters=metrics.reporters(self))
+        self.datacollector.collect(self)
+
+    # ------------------------------------------------------------------ the tick
+
+    def step(self) -> None:
+        """One tick, in the order of MODEL.md §6."""
+        self.tick += 1
+        self._begin_tick()
+        self._apply_policies()                   # 1–2: events and policy terms on edges
+        Producer.commission(self)                # new capacity comes online
+        self.effective_capacity = Producer.effective_capacity_t(self)
+        Mine.produce(self)                       # 3: mines produce
+        self._arrive_shipments()                 # 3: shipments whose lead time elapsed
+        Buyer.adapt_demand(self)
+        Buyer.plan_orders(self)
+        for product in range(len(self.world.products)):   # 4: markets in supply-chain order
+            Processor.plan_inputs(self, product)
+            self._clear_market(product)
+            if product == 0:
+                Processor.separate(self)
+            if self._is_last_oxide(product):
+                Processor.make_magnets(self)
+        self.consumed_attr_t = Buyer.consume(self)  # 5: consumption and shortage
+        self._update_prices()                    # 6: asks and expectations
+        self._settle()                           # 7: costs and profits
+        Producer.review_operations(self)         # idling, restarts, closures
+        if self._investment_tick():
+            Producer.invest(self)                # 8: investment, entry, exit
+        if not self.warming_up:
+            self.datacollector.collect(self)     # 9: metrics
+            self._log_flows()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _init_accounts(self) -> None:
+        self.accounts = {name: 0.0 for name in (
+            "tariff_revenue", "duty_revenue", "levy_revenue", "floor_subsidy",
+            "transport", "operating_costs", "capital_goods")}
+        self.mined_t_total = 0.0
+        self.separation_losses_t_total = 0.0
+        self.consumed_reo_t_total = 0.0
+        self.initial_reo_t = 0.0
+        self.entries_total = 0
+        self.exits_total = 0
+        self.capex_paid_usd_million = 0.0
+        self.warming_up = False
+        n_rows = len(self.world.stocks.qty_t)
+        self.in_transit_t = np.zeros(n_rows)
+        self.effective_capacity = np.zeros(len(self.world.producers.names))
+        self.consumed_attr_t = np.zeros((len(self.world.buyers.names), self.world.layout.width))
+        self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
+
+    def _index_market(self, edges: slice) -> _MarketIndex:
+        e = self.world.edges
+        seller_rows, seller_local = np.unique(e.seller[edges], return_inverse=True)
+        buyer_rows, buyer_local = np.unique(e.buyer[edges], return_inverse=True)
+        return _MarketIndex(edges, seller_rows, seller_local, buyer_rows, buyer_local)
+
+    def _init_buyer_terms(self) -> None:
+        """Per stock row: the buying terms of its owner (processors buy without premium)."""
+        n_rows = len(self.world.stocks.qty_t)
+        b = self.world.buyers
+        self.row_reservation = np.full(n_rows, np.inf)
+        self.row_premium_share = np.zeros(n_rows)
+        self.row_min_compliant = np.zeros(n_rows)
+        self.row_switching = np.zeros(n_rows)
+        self.row_reservation[b.row] = b.reservation_price
+        self.row_premium_share[b.row] = b.security_premium_share
+        self.row_min_compliant[b.row] = b.min_compliant_share
+        self.row_switching[b.row] = b.switching_cost
+
+    def _typical_ore(self) -> np.ndarray:
+        """Capacity-weighted ore composition of built mines: the separation planning basis."""
+        p = self.world.producers
+        mines = (p.stage == 0) & (p.capacity_t_per_yr > 0)
+        if not mines.any():
+            mines = p.stage == 0
+        weights = np.maximum(p.capacity_t_per_yr[mines], 1e-9)
+        return (p.composition[mines] * weights[:, None]).sum(axis=0) / weights.sum()
+
+    def _initial_netback(self) -> float:
+        """Initial concentrate price per US$ of contained oxide value."""
+        n_e = len(self.world.layout.elements)
+        basket = self.typical_ore_composition @ self.world.reference_price[1 : 1 + n_e]
+        return float(self.world.reference_price[0] / max(basket, 1e-9))
+
+    def months_to_ticks(self, months: float) -> float:
+        """Convert a duration in months to ticks."""
+        return months * self.config.ticks_per_year / 12.0
+
+    def _seed_stocks(self, warmup_ticks: int) -> None:
+        """Start every stock at its target, so the warm-up begins near a steady state."""
+        w, p, s, cfg = self.world, self.world.producers, self.world.stocks, self.config.market
+        self.tick = -warmup_ticks
+        cap = p.capacity_t_per_yr / self.config.ticks_per_year * p.initial_utilisation
+        n_e = len(w.layout.elements)
+        yields = np.ones((len(p.names), len(w.products)))  # per producer × product
+        yields[:, 1 : 1 + n_e] = self.typical_ore_composition * p.recovery
+        has_out = p.output_rows >= 0
+        rows = p.output_rows[has_out]
+        per_tick = (cap[:, None] * yields)[has_out]
+        s.expected_sales_t[rows] = per_tick
+        s.qty_t[rows] = 0.5 * self.months_to_ticks(cfg.stock_cover_months) * per_tick
+        coef = np.ones(len(w.products))
+        coef[1 : 1 + n_e] = np.where(w.magnet_recipe > 0, w.magnet_recipe, 1.0)
+        has_in = p.input_rows >= 0
+        s.qty_t[p.input_rows[has_in]] = (
+            self.months_to_ticks(cfg.input_cover_months) * cap[:, None] * coef)[has_in]
+        Buyer.adapt_demand(self)
+        b = w.buyers
+        s.qty_t[b.row] = b.need_t * self.months_to_ticks(b.inventory_target_months)
+
+    def _warm_up(self, ticks: int) -> None:
+        """Run ``ticks`` ticks before the start so stocks, pipelines and provenance settle.
+
+        Investment is off during warm-up; afterwards the clock, cash and cumulative totals are
+        reset, and the stock on hand becomes the initial mass of the balance.
+        """
+        self.warming_up = True
+        self.tick = -ticks
+        self.effective_capacity = Producer.effective_capacity_t(self)
+        for _ in range(ticks):
+            self.step()
+        self.warming_up = False
+        self.tick = 0
+        self.world.producers.cash_usd_million[:] = 0.0
+        self.world.buyers.cash_usd_million[:] = 0.0
+        self._init_accounts_after_warmup()
+
+    def _init_accounts_after_warmup(self) -> None:
+        for name in self.accounts:
+            self.accounts[name] = 0.0
+        self.mined_t_total = 0.0
+        self.separation_losses_t_total = 0.0
+        self.consumed_reo_t_total = 0.0
+        self.entries_total = 0
+        self.exits_total = 0
+        self.capex_paid_usd_million = 0.0
+        self.initial_reo_t = self.reo_in_system_t()
+        self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
+
+    def _build_network(self) -> nx.MultiDiGraph:
+        """Agents as nodes, trade links as edges keyed by product (MODEL.md §5)."""
+        w, s, e = self.world, self.world.stocks, self.world.edges
+        graph = nx.MultiDiGraph()
+        agents = [*self.producer_agents, *self.buyer_agents]
+        for agent in agents:
+            stage = agent.stage if isinstance(agent, Producer) else "buyer"
+            graph.add_node(agent.name, kind=type(agent).__name__, country=agent.country,
+                           stage=stage, agent=agent)
+        self._row_agent = [
+            (self.buyer_agents if s.owner_kind[r] == BUYER else self.producer_agents)[s.owner[r]]
+            for r in range(len(s.qty_t))
+        ]
+        for i in range(len(e.seller)):
+            graph.add_edge(self._row_agent[e.seller[i]].name, self._row_agent[e.buyer[i]].name,
+                           key=w.products[e.product[i]], edge_index=i)
+        return graph
+
+    @property
+    def network(self) -> nx.MultiDiGraph:
+        """The trade network with current terms and last tick's flows on every edge."""
+        w, e = self.world, self.world.edges
+        china = w.china
+        for *_, data in self._graph.edges(data=True):
+            i = data["edge_index"]
+            data.update(
+                transport_usd_per_kg=float(e.transport_usd_per_kg[i]),
+                lead_time_ticks=int(e.lead_ticks[i]), tariff=float(e.tariff[i]),
+                duty=float(e.duty[i]), levy_usd_per_kg=float(e.levy_usd_per_kg[i]),
+                allowed=bool(e.allowed[i]), flow_t=float(e.flow_t[i]),
+                through_china=bool(w.stocks.country[e.seller[i]] == china
+                                   or w.stocks.country[e.buyer[i]] == china),
+            )
+        for _, data in self._graph.nodes(data=True):
+            data["bloc"] = data["agent"].bloc
+        return self._graph
+
+    # ------------------------------------------------------------------ stages
+
+    def _begin_tick(self) -> None:
+        s = self.world.stocks
+        s.orders_t[:] = 0.0
+        s.available_t[:] = 0.0
+        s.sold_t[:] = 0.0
+        s.bought_t[:] = 0.0
+        s.desired_t[:] = 0.0
+        self.world.producers.output_t[:] = 0.0
+        self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
+        self.tick_revenue = np.zeros(len(self.world.producers.names))
+        self.tick_purchases = np.zeros(len(self.world.producers.names))
+        self.tick_opex = np.zeros(len(self.world.producers.names))
+        self.tick_buyer_spend = np.zeros(len(self.world.buyers.names))
+        e = self.world.edges
+        e.last_flow_t = e.flow_t
+        e.flow_t = np.zeros_like(e.flow_t)
+        self.edge_ask = np.zeros_like(e.flow_t)
+        self.edge_landed = np.zeros_like(e.flow_t)
+
+    def _apply_policies(self) -> None:
+        """Edge terms in force: trade with producers that have not been built is not allowed."""
+        w = self.world
+        s, e, p = w.stocks, w.edges, w.producers
+        seller_is_producer = s.owner_kind[e.seller] != BUYER
+        built = p.status[s.owner[e.seller]] != 0  # 0: planned
+        e.allowed = np.where(seller_is_producer, built, True)
+
+    def _arrive_shipments(self) -> None:
+        w = self.world
+        rows = np.flatnonzero(w.transit_t[0] > 0)
+        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[0, rows],
+                            w.transit_attr_t[0, rows])
+        w.transit_t[:-1] = w.transit_t[1:]
+        w.transit_t[-1] = 0.0
+        w.transit_attr_t[:-1] = w.transit_attr_t[1:]
+        w.transit_attr_t[-1] = 0.0
+        self.in_transit_t = w.transit_t.sum(axis=0)
+
+    def _concentrate_value(self, m: _MarketIndex) -> np.ndarray:
+        """Per edge: oxide value a plant expects from a kg of the seller's ore, net of processing.
+
+        The margin ranking of concentrate offers, MODEL.md §7.1.
+        """
+        w, s, p = self.world, self.world.stocks, self.world.producers
+        e = w.edges
+        n_e = len(w.layout.elements)
+        plant = s.owner[e.buyer[m.edges]]  # per edge
+        out = p.output_rows[plant, 1 : 1 + n_e]  # per edge × element
+        oxide_price = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], 0.0)
+        comp = s.attrs[e.seller[m.edges]][:, w.layout.composition]  # per edge × element
+        gross = (comp * p.recovery[plant] * oxide_price).sum(axis=1)
+        return gross - p.unit_cost_usd_per_kg[plant]
+
+    def _clear_market(self, product: int) -> None:
+        """Clear one product market (MODEL.md §7.1) and ship, pay and record the flows."""
+        w, s, e = self.world, self.world.stocks, self.world.edges
+        m = self._markets[product]
+        sl = m.edges
+        if sl.stop == sl.start:
+            return
+        sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
+        ask = s.ask_usd_per_kg[sellers]
+        landed = market.landed_cost(ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl],
+                                    e.transport_usd_per_kg[sl], 0.0)
+        compliant = s.attrs[sellers, w.layout.touched_cn] < COMPLIANT_TOLERANCE
+        premium = np.where(compliant, 0.0, self.row_premium_share[buyers] * ask)
+        switching = np.where(e.last_flow_t[sl] > 0, 0.0, self.row_switching[buyers])
+        rank = landed + premium + switching
+        eligible = e.allowed[sl] & (landed <= self.row_reservation[buyers])
+        if product == 0:
+            value = self._concentrate_value(m)
+            rank = rank - value
+            eligible &= value - landed >= 0
+        available = s.qty_t[m.seller_rows].copy()
+        cfg = self.config.market
+        result = market.clear(
+            rank, m.seller_local, m.buyer_local, eligible, compliant,
+            s.desired_t[m.buyer_rows], self.row_min_compliant[m.buyer_rows], available,
+            cfg.logit_beta, np.full(len(m.buyer_rows), w.reference_price[product]),
+            cfg.rationing_rounds,
+        )
+        flow = result.flow  # per edge
+        sold = np.bincount(m.seller_local, flow, minlength=len(m.seller_rows))
+        bought = np.bincount(m.buyer_local, flow, minlength=len(m.buyer_rows))
+        s.qty_t[m.seller_rows] = np.maximum(s.qty_t[m.seller_rows] - sold, 0.0)
+        s.available_t[m.seller_rows] = planned_offer_t(self, m.seller_rows)
+        s.orders_t[m.seller_rows] = result.orders
+        s.sold_t[m.seller_rows] = sold
+        s.bought_t[m.buyer_rows] = bought
+        e.flow_t[sl] = flow
+        self.edge_ask[sl] = ask
+        self.edge_landed[sl] = landed
+        self._ship(sellers, buyers, flow, e.lead_ticks[sl])
+        self._pay(sl, sellers, buyers, flow, ask, landed)
+        self._update_buyer_expectations(m, flow, landed, eligible)
+
+    def _ship(self, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray,
+              lead: np.ndarray) -> None:
+        """Deliver now (lead time 0) or put in transit for ``lead`` ticks."""
+        w = self.world
+        moving = flow > 0
+        sellers, buyers, flow, lead = sellers[moving], buyers[moving], flow[moving], lead[moving]
+        attr_mass = flow[:, None] * w.stocks.attrs[sellers]  # per moving edge × attribute
+        now = lead == 0
+        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, buyers[now], flow[now],
+                            attr_mass[now])
+        later = ~now
+        slot = lead[later] - 1
+        np.add.at(w.transit_t, (slot, buyers[later]), flow[later])
+        np.add.at(w.transit_attr_t, (slot, buyers[later]), attr_mass[later])
+        self.in_transit_t = w.transit_t.sum(axis=0)
+
+    def _pay(self, sl: slice, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray,
+             ask: np.ndarray, landed: np.ndarray) -> None:
+        """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""
+        w, s, e = self.world, self.world.stocks, self.world.edges
+        to_money = flow / KG_PER_T  # t × US$/kg → US$ million
+        duty = to_money * ask * e.duty[sl]
+        tariff = to_money * ask * (1 + e.duty[sl]) * e.tariff[sl]
+        levy = to_money * e.levy_usd_per_kg[sl]
+        transport = to_money * e.transport_usd_per_kg[sl]
+        n_p = len(w.producers.names)
+        self.tick_revenue += np.bincount(s.owner[sellers], to_money * ask, minlength=n_p)
+        paid = to_money * landed
+        by_buyer = s.owner_kind[buyers] == BUYER
+        self.tick_buyer_spend += np.bincount(s.owner[buyers[by_buyer]], paid[by_buyer],
+                                             minlength=len(w.buyers.names))
+        self.tick_purchases += np.bincount(s.owner[buyers[~by_buyer]], paid[~by_buyer],
+                                           minlength=n_p)
+        self.tick_fiscal["duty_revenue"] += duty.sum()
+        self.tick_fiscal["tariff_revenue"] += tariff.sum()
+        self.tick_fiscal["levy_revenue"] += levy.sum()
+        self.tick_fiscal["transport"] += transport.sum()
+
+    def charge_opex(self, producers: np.ndarray, usd_million: np.ndarray) -> None:
+        """Record operating costs (paid to the outside economy) of some producers."""
+        np.add.at(self.tick_opex, producers, usd_million)
+        self.tick_fiscal["operating_costs"] += usd_million.sum()
+
+    def _update_buyer_expectations(self, m: _MarketIndex, flow: np.ndarray,
+                                   landed: np.ndarray, eligible: np.ndarray) -> None:
+        """Buyers expect what they paid (volume-weighted), or the cheapest offer if nothing."""
+        s = self.world.stocks
+        n_b = len(m.buyer_rows)
+        bought = np.bincount(m.buyer_local, flow, minlength=n_b)
+        paid = np.bincount(m.buyer_local, flow * landed, minlength=n_b)
+        cheapest = np.full(n_b, np.inf)
+        np.minimum.at(cheapest, m.buyer_local, np.where(eligible, landed, np.inf))
+        observed = np.where(bought > 0, paid / np.maximum(bought, 1e-300), cheapest)
+        current = s.expected_price_usd_per_kg[m.buyer_rows]
+        observed = np.where(np.isfinite(observed), observed, current)
+        s.expected_price_usd_per_kg[m.buyer_rows] = market.smooth(
+            current, observed, self.config.market.expectation_smoothing)
+
+    def _update_prices(self) -> None:
+        """Sellers move asks with excess demand (§7.2); expectations follow (smoothing)."""
+        w, s, cfg = self.world, self.world.stocks, self.config.market
+        out = np.flatnonzero(s.role == OUTPUT)
+        floor = cfg.loss_tolerance * self._cost_floor(out)
+        ask = market.adjust_asks(s.ask_usd_per_kg[out], s.orders_t[out], s.available_t[out],
+                                 cfg.price_adjustment, floor)
+        if cfg.price_noise > 0:
+            ask = np.maximum(ask * np.exp(self.rng.normal(0.0, cfg.price_noise, len(out))),
+                             floor)
+        s.ask_usd_per_kg[out] = ask
+        s.expected_sales_t[out] = market.smooth(s.expected_sales_t[out], s.sold_t[out],
+                                                cfg.expectation_smoothing)
+        s.expected_price_usd_per_kg[out] = market.smooth(
+            s.expected_price_usd_per_kg[out], ask, cfg.expectation_smoothing)
+        # market-wide expected prices: volume-weighted transaction prices, smoothed
+        e = w.edges
+        n_prod = len(w.products)
+        volume = np.bincount(e.product, e.flow_t, minlength=n_prod)
+        value = np.bincount(e.product, e.flow_t * self.edge_ask, minlength=n_prod)
+        traded = volume > 0
+        observed = np.where(traded, value / np.maximum(volume, 1e-300),
+                            self.expected_market_price)
+        self.expected_market_price = market.smooth(self.expected_market_price, observed,
+                                                   cfg.expectation_smoothing)
+        self._update_netback()
+
+    def _update_netback(self) -> None:
+        """Concentrate price per US$ of contained oxide value, from this tick's trades."""
+        w, e, s = self.world, self.world.edges, self.world.stocks
+        n_e = len(w.layout.elements)
+        sl = w.edges.market_slices[0]
+        flow = e.flow_t[sl]
+        if flow.sum() <= 0:
+            return
+        basket = s.attrs[e.seller[sl]][:, w.layout.composition] @ \
+            self.expected_market_price[1 : 1 + n_e]
+        ratio = (flow * self.edge_ask[sl]).sum() / max((flow * basket).sum(), 1e-300)
+        self.concentrate_price_per_basket_value = float(market.smooth(
+            np.array(self.concentrate_price_per_basket_value), np.array(ratio),
+            self.config.market.expectation_smoothing))
+
+    def _cost_floor(self, rows: np.ndarray) -> np.ndarray:
+        """Per output row: the seller's unit cost of the product, before loss tolerance.
+
+        Mines: cash cost. Separation: processing plus expected concentrate cost per kg input,
+        allocated to each oxide by its share of expected output value. Magnets: processing
+        plus the recipe's expected oxide cost.
+        """
+        w, s, p = self.world, self.world.stocks, self.world.producers
+        n_e = len(w.layout.elements)
+        owner = s.owner[rows]
+        stage = p.stage[owner]
+        product = s.product[rows]
+        floor = p.unit_cost_usd_per_kg[owner].copy()
+        sep = stage == 1
+        if sep.any():
+            plant = owner[sep]
+            comp = self.typical_ore_composition
+            yields = comp * p.recovery[plant]  # per row × element
+            oxide_price = s.expected_price_usd_per_kg[np.maximum(
+                p.output_rows[plant, 1 : 1 + n_e], 0)]
+            value = yields * oxide_price
+            share = value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
+            element = product[sep] - 1
+            idx = np.arange(len(plant))
+            input_cost = s.expected_price_usd_per_kg[p.input_rows[plant, 0]]
+            total = p.unit_cost_usd_per_kg[plant] + input_cost
+            floor[sep] = total * share[idx, element] / np.maximum(yields[idx, element], 1e-12)
+        mag = stage == 2
+        if mag.any():
+            plant = owner[mag]
+            in_rows = p.input_rows[plant, 1 : 1 + n_e]
+            oxide_cost = np.where(in_rows >= 0,
+                                  s.expected_price_usd_per_kg[np.maximum(in_rows, 0)], 0.0)
+            floor[mag] = p.unit_cost_usd_per_kg[plant] + oxide_cost @ w.magnet_recipe
+        return floor
+
+    def _settle(self) -> None:
+        """Post the tick's payments and costs to producers', buyers' and the world's accounts."""
+        p, b = self.world.producers, self.world.buyers
+        self.tick_profit = self.tick_revenue - self.tick_purchases - self.tick_opex
+        p.cash_usd_million += self.tick_profit
+        b.cash_usd_million -= self.tick_buyer_spend
+        for name, amount in self.tick_fiscal.items():
+            self.accounts[name] += amount
+        cap = np.maximum(self.effective_capacity, 1e-300)
+        busy = np.where(self.effective_capacity > 0, p.output_t / cap, 0.0)
+        w = self.config.market.expectation_smoothing
+        operating = p.status == OPERATING
+        p.utilisation_history = np.where(operating,
+                                         (1 - w) * p.utilisation_history + w * busy,
+                                         p.utilisation_history)
+
+    def _investment_tick(self) -> bool:
+        inv = self.config.investment
+        return (inv.enabled and not self.warming_up and self.tick > 0
+                and self.tick % inv.interval_months == 0)
+
+    def _is_last_oxide(self, product: int) -> bool:
+        return self.config.magnet is not None and product == len(self.world.products) - 2
+
+    def _log_flows(self) -> None:
+        e = self.world.edges
+        moving = np.flatnonzero(e.flow_t > 0)
+        self.flow_log.append({
+            "tick": np.full(len(moving), self.tick), "edge": moving,
+            "flow_t": e.flow_t[moving], "ask_usd_per_kg": self.edge_ask[moving],
+            "landed_usd_per_kg": self.edge_landed[moving],
+        })
+
+    # ------------------------------------------------------------------ balances
+
+    def reo_in_system_t(self) -> float:
+        """Tonnes of REO held in every stock and in transit."""
+        w = self.world
+        content = w.reo_content[w.stocks.product]  # per row
+        return float((w.stocks.qty_t * content).sum() + (w.transit_t * content).sum())
+
+    def mass_balance_error_t(self) -> float:
+        """Mined − (stock change + in transit + consumed + recovery losses), t REO."""
+        held = self.reo_in_system_t() - self.initial_reo_t
+        out = self.consumed_reo_t_total + self.separation_losses_t_total
+        return self.mined_t_total - held - out
+
+    def money_balance_error_usd_million(self) -> float:
+        """Sum of every account in the closed money system (zero when money is conserved)."""
+        p, b = self.world.producers, self.world.buyers
+        # every account holds what it received; floor subsidies are paid out by the alliance
+        received = sum(v for k, v in self.accounts.items() if k != "floor_subsidy")
+        return float(p.cash_usd_million.sum() + b.cash_usd_million.sum() + received
+                     - self.accounts["floor_subsidy"])
+
+    def flows_frame(self):
+        """Edge flows of every collected tick as a DataFrame (see ``abm.metrics``)."""
+        return metrics.flows_frame(self)
+

@@ -1,0 +1,89 @@
+"""Provenance by mass balance (MODEL.md §9): mixing lots, relabelling on processing, compliance.
+
+Lot attributes (see :class:`abm.world.Layout`) are mass-weighted averages, so mixing a lot into
+a stock is the same operation for provenance shares, route flags and element composition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abm.world import Layout
+
+
+def mix_into(
+    qty: np.ndarray,
+    attrs: np.ndarray,
+    rows: np.ndarray,
+    add_qty: np.ndarray,
+    add_attr_mass: np.ndarray,
+) -> None:
+    """Mix incoming lots into stock rows, in place (mass-weighted).
+
+    Args:
+        qty: per row, tonnes on hand (updated).
+        attrs: per row × attribute, lot attributes (updated).
+        rows: per lot, destination row (may repeat).
+        add_qty: per lot, tonnes.
+        add_attr_mass: per lot × attribute, tonnes × attributes of the lot.
+
+    """
+    if len(rows) == 0:
+        return
+    n_rows = len(qty)
+    inflow = np.bincount(rows, add_qty, minlength=n_rows)  # per row
+    touched = inflow > 0
+    if not touched.any():
+        return
+    attr_mass = qty[:, None] * attrs  # per row × attribute
+    np.add.at(attr_mass, rows, add_attr_mass)
+    new_qty = qty + inflow
+    attrs[touched] = attr_mass[touched] / new_qty[touched, None]
+    qty[:] = new_qty
+
+
+def processed(
+    attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int
+) -> np.ndarray:
+    """Attributes of output made from input lots by processors in ``country``.
+
+    Args:
+        attrs: per lot × attribute, the inputs' attributes.
+        layout: attribute layout.
+        country: per lot, the processor's country.
+        china: China's country index.
+
+    Returns:
+        Per lot × attribute: material not yet processed gets the processor's country as its
+        processing country; the China flags are set where the processor is in China.
+        Composition is left to the caller.
+
+    """
+    out = attrs.copy()
+    n = layout.n_countries
+    lots = np.arange(len(out))
+    origin = out[:, : layout.n_origin].reshape(len(out), n, n + 1)  # lot × mine × processing
+    unprocessed = origin[:, :, n].copy()  # lot × mine
+    origin[:, :, n] = 0.0
+    origin[lots, :, country] += unprocessed
+    out[:, : layout.n_origin] = origin.reshape(len(out), layout.n_origin)
+    in_china = country == china
+    out[in_china, layout.processed_cn] = 1.0
+    out[in_china, layout.touched_cn] = 1.0
+    return out
+
+
+def origin_matrix(attrs: np.ndarray, layout: Layout) -> np.ndarray:
+    """Provenance shares as (… × mining country × processing country-or-unprocessed)."""
+    n = layout.n_countries
+    return attrs[..., : layout.n_origin].reshape(*attrs.shape[:-1], n, n + 1)
+
+
+def mined_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
+    """Share of each lot mined in ``country``."""
+    return origin_matrix(attrs, layout)[..., country, :].sum(axis=-1)
+
+
+def compliant_share(attrs: np.ndarray, layout: Layout) -> np.ndarray:
+    """Share of each lot to which no Chinese mine or processor contributed."""
+    return 1.0 - attrs[..., layout.touched_cn]

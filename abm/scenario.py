@@ -1,0 +1,491 @@
+"""Scenario schema, loading, `extends:` inheritance, `--set` overrides and validation errors.
+
+A scenario is plain, validated data: YAML read with a safe loader, merged with the scenario it
+extends, overridden by dotted ``key.path=value`` assignments, then checked against the pydantic
+schema below. Every rate in a scenario is per year; the model converts to ticks.
+
+Errors are raised as :class:`ScenarioError`, whose message is one line naming the file, the key
+path and the offending value.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REGIONS = ("asia", "europe", "americas", "oceania", "africa")
+STAGES = ("mine", "separation", "magnet")
+MAX_FILE_BYTES = 5_000_000
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be loaded or is invalid; the message is one line."""
+
+    def __init__(self, key: str, value: Any, problem: str, source: str | None = None) -> None:
+        self.key, self.value, self.problem, self.source = key, value, problem, source
+        where = f"{source}: " if source else ""
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{where}{key} = {shown}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+def _check_shares(shares: dict[str, float], what: str) -> dict[str, float]:
+    for element, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{what} share of {element} must lie in [0, 1]")
+    return shares
+
+
+class Country(_Strict):
+    """A country (or aggregate such as EU, ROW) and its transport region."""
+
+    name: str = ""
+    region: Literal["asia", "europe", "americas", "oceania", "africa"]
+
+
+class TransportClass(_Strict):
+    """Transport cost and lead time for one distance class."""
+
+    cost_usd_per_kg: float = Field(ge=0)
+    lead_time_months: int = Field(ge=0, le=24)
+
+
+class TransportOverride(_Strict):
+    """A specific origin → destination transport term that replaces the distance class."""
+
+    origin: str
+    destination: str
+    cost_usd_per_kg: float = Field(ge=0)
+    lead_time_months: int = Field(ge=0, le=24)
+
+
+class Transport(_Strict):
+    """Transport by distance class: same country, same region, different region."""
+
+    domestic: TransportClass = TransportClass(cost_usd_per_kg=0.05, lead_time_months=0)
+    regional: TransportClass = TransportClass(cost_usd_per_kg=0.3, lead_time_months=1)
+    intercontinental: TransportClass = TransportClass(cost_usd_per_kg=0.8, lead_time_months=2)
+    overrides: list[TransportOverride] = []
+
+
+class MarketParams(_Strict):
+    """Parameters of clearing (§7.1) and price formation (§7.2)."""
+
+    logit_beta: float = Field(8.0, gt=0, description="dimensionless price sensitivity")
+    rationing_rounds: int = Field(3, ge=1, le=50)
+    price_adjustment: float = Field(0.1, ge=0, le=2, description="κ per tick")
+    loss_tolerance: float = Field(0.9, ge=0, le=1, description="ask floor as share of cost")
+    expectation_smoothing: float = Field(0.3, gt=0, le=1, description="weight of the new price")
+    stock_cover_months: float = Field(3.0, gt=0, description="sellers' maximum output stock")
+    input_cover_months: float = Field(1.0, ge=0, description="processors' input stock target")
+    order_adjust_months: float = Field(3.0, gt=0, description="months to close a stock gap")
+    price_noise: float = Field(0.01, ge=0, le=1, description="s.d. of sellers' log-ask noise")
+    warmup_ticks: int = Field(24, ge=0, le=600, description="ticks run before the start")
+
+
+class Substitution(_Strict):
+    """Slow substitution and thrifting (Sprecher et al. 2017)."""
+
+    threshold_multiple: float = Field(1.5, gt=0, description="landed / reference price trigger")
+    max_rate_per_yr: float = Field(0.10, ge=0, le=1, description="largest demand loss per year")
+    recovery_share: float = Field(0.3, ge=0, le=1, description="share of lost demand regained")
+
+
+class Mine(_Strict):
+    """An operating or idle mine (or a country aggregate of mines)."""
+
+    name: str
+    country: str
+    capacity_t_per_yr: float = Field(ge=0, description="t REO per year")
+    cash_cost_usd_per_kg: float = Field(ge=0, description="US$ per kg REO in concentrate")
+    composition: dict[str, float] = Field(description="mass share of each element in REO")
+    status: Literal["operating", "idle"] = "operating"
+    utilisation: float = Field(1.0, ge=0, le=1, description="share of capacity in use at start")
+
+    _shares = field_validator("composition")(lambda v: _check_shares(v, "composition"))
+
+
+class Processor(_Strict):
+    """A separation plant (concentrate → oxides) or magnet plant (oxides → NdFeB)."""
+
+    name: str
+    country: str
+    stage: Literal["separation", "magnet"]
+    capacity_t_per_yr: float = Field(
+        ge=0, description="t REO input per year (separation) or t magnet per year (magnet)"
+    )
+    processing_cost_usd_per_kg: float = Field(ge=0, description="per kg of capacity unit")
+    recovery: dict[str, float] = Field(
+        default_factory=dict, description="separation: recovered share of each element"
+    )
+    status: Literal["operating", "idle"] = "operating"
+    utilisation: float = Field(1.0, ge=0, le=1)
+
+    _shares = field_validator("recovery")(lambda v: _check_shares(v, "recovery"))
+
+
+class Buyer(_Strict):
+    """An end user of one product (magnet users by sector, or oxide users)."""
+
+    name: str
+    country: str
+    product: str = Field(description="'magnet' or 'oxide:<element>'")
+    sector: str = "other"
+    base_demand_t_per_yr: float = Field(ge=0)
+    growth_rate_per_yr: float = Field(0.0, ge=-0.5, le=1)
+    elasticity: float = Field(0.2, ge=0, le=5, description="short-run price elasticity (>0)")
+    reference_price_usd_per_kg: float = Field(gt=0)
+    reservation_price_usd_per_kg: float = Field(gt=0)
+    inventory_target_months: float = Field(2.0, ge=0)
+    security_premium_share: float = Field(0.0, ge=0, le=5)
+    min_compliant_share: float = Field(0.0, ge=0, le=1)
+    switching_cost_usd_per_kg: float = Field(0.0, ge=0)
+    substitution: Substitution = Substitution()
+
+
+class Project(_Strict):
+    """A known deposit or planned plant that is built when its NPV is positive (§7.3)."""
+
+    name: str
+    country: str
+    stage: Literal["mine", "separation", "magnet"]
+    capacity_t_per_yr: float = Field(gt=0)
+    unit_cost_usd_per_kg: float = Field(ge=0, description="cash or processing cost")
+    capex_usd_million: float = Field(ge=0)
+    earliest_start: str = Field(description="YYYY-MM: first month construction can begin")
+    lead_time_years: float = Field(ge=0, le=20)
+    ramp_up_years: float = Field(1.0, ge=0, le=10)
+    life_years: float = Field(20.0, gt=0, le=60)
+    discount_rate: float = Field(0.10, ge=0, le=1)
+    composition: dict[str, float] = Field(default_factory=dict)
+    recovery: dict[str, float] = Field(default_factory=dict)
+
+    _shares = field_validator("composition", "recovery")(lambda v: _check_shares(v, "element"))
+
+
+class Investment(_Strict):
+    """Investment, expansion, idling and exit rules (§7.3)."""
+
+    enabled: bool = True
+    interval_months: int = Field(12, ge=1)
+    expansion_hurdle: float = Field(0.25, ge=0, description="margin / price over last year")
+    expansion_share: float = Field(0.10, ge=0, le=1, description="capacity added per decision")
+    expansion_lead_time_years: float = Field(2.0, ge=0, le=20)
+    expansion_capex_usd_per_t_per_yr: float = Field(20_000.0, ge=0)
+    utilisation_to_expand: float = Field(0.85, ge=0, le=1)
+    loss_months_to_idle: int = Field(6, ge=1)
+    idle_months_to_close: int = Field(36, ge=1)
+
+
+class Magnet(_Strict):
+    """The magnet stage: oxide input per tonne of NdFeB (Leontief), REO content by mass."""
+
+    recipe_t_per_t: dict[str, float]
+
+
+class Scenario(_Strict):
+    """A whole scenario: world, agents, parameters."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""
+    start: str = Field("2025-01", pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    ticks: int = Field(240, ge=1, le=100_000)
+    ticks_per_year: int = Field(12, ge=1, le=365)
+    china: str = Field("CN", description="country code of the 'china' bloc")
+    alliance: list[str] = Field(default_factory=list, description="member countries")
+    elements: list[str] = Field(min_length=1)
+    countries: dict[str, Country]
+    transport: Transport = Transport()
+    magnet: Magnet | None = None
+    initial_prices_usd_per_kg: dict[str, float]
+    market: MarketParams = MarketParams()
+    investment: Investment = Investment()
+    mining_quota_t_per_yr: dict[str, float] = Field(default_factory=dict)
+    separation_quota_t_per_yr: dict[str, float] = Field(default_factory=dict)
+    mines: list[Mine] = Field(min_length=1)
+    processors: list[Processor] = Field(min_length=1)
+    buyers: list[Buyer] = Field(min_length=1)
+    projects: list[Project] = Field(default_factory=list)
+
+    @property
+    def products(self) -> list[str]:
+        """Product names in supply-chain order: concentrate, oxides, then magnet if on."""
+        oxides = [f"oxide:{e}" for e in self.elements]
+        return ["concentrate", *oxides, *(["magnet"] if self.magnet else [])]
+
+    def bloc_of(self, country: str) -> str:
+        """Bloc of a country: 'china', 'alliance' or 'other'."""
+        if country == self.china:
+            return "china"
+        return "alliance" if country in self.alliance else "other"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ScenarioError("file", str(path), "no such scenario file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ScenarioError("file", str(path), f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = str(err).replace("\n", " ")
+        raise ScenarioError("file", str(path), f"not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ScenarioError("file", str(path), "must be a YAML mapping of keys to values")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ScenarioError("extends", str(path), "circular extends chain")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ScenarioError("extends", parent, "must be a path to another scenario file")
+    return _deep_merge(_resolve(path.parent / parent, (*seen, path)), data)
+
+
+def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Merge the optional ``defaults: {mine:, processor:, buyer:, project:}`` into each entry."""
+    defaults = data.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ScenarioError("defaults", defaults, "must be a mapping")
+    for kind, section in (("mine", "mines"), ("processor", "processors"), ("buyer", "buyers"),
+                          ("project", "projects")):
+        base = defaults.pop(kind, None)
+        if base is None:
+            continue
+        entries = data.get(section)
+        if isinstance(base, dict) and isinstance(entries, list):
+            data[section] = [
+                _deep_merge(base, e) if isinstance(e, dict) else e for e in entries
+            ]
+    if defaults:
+        key = next(iter(defaults))
+        raise ScenarioError(f"defaults.{key}", defaults[key],
+                            "unknown defaults section (mine, processor, buyer, project)")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value`` and parse the value as YAML (so numbers stay numbers)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ScenarioError("--set", text, "expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ScenarioError(key, raw, "value is not valid YAML") from None
+    return key, value
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """Assign at a dotted path; list items are addressed by index or by their ``name``."""
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, where)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ScenarioError(key, value, f"'{'.'.join(parts[:depth])}' is not a section")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index
+        raise ScenarioError(where, part, f"index out of range (list has {len(items)} items)")
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return index
+    raise ScenarioError(where, part, "no list item with this name")
+
+
+def _validation_error(err: ValidationError, source: str | None) -> ScenarioError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "scenario"
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        problem = "unknown key"
+    problem = problem.removeprefix("Value error, ")
+    return ScenarioError(key, first.get("input"), problem, source)
+
+
+def build_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
+    """Validate a raw scenario mapping (defaults applied) into a :class:`Scenario`."""
+    data = _apply_defaults(copy.deepcopy(data))
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise _validation_error(err, source) from None
+    try:
+        _check_cross_fields(scenario)
+    except ScenarioError as err:
+        err.source = source
+        raise ScenarioError(err.key, err.value, err.problem, source) from None
+    return scenario
+
+
+def load_scenario(
+    path: str | Path, overrides: list[str] | dict[str, Any] | None = None
+) -> Scenario:
+    """Load a scenario file, follow ``extends:``, apply overrides and validate.
+
+    Args:
+        path: YAML scenario file.
+        overrides: ``["key.path=value", ...]`` as given to ``--set``, or a mapping of dotted
+            paths to values.
+
+    Returns:
+        The validated scenario.
+
+    Raises:
+        ScenarioError: with a one-line message naming the key and value.
+
+    """
+    path = Path(path)
+    data = _resolve(path)
+    pairs = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, list)
+        else list((overrides or {}).items())
+    )
+    for key, value in pairs:
+        _set_path(data, key, value)
+    return build_scenario(data, str(path))
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+
+def _check_cross_fields(s: Scenario) -> None:
+    if len(set(s.elements)) != len(s.elements):
+        raise ScenarioError("elements", s.elements, "element names must be unique")
+    known = set(s.countries)
+    if s.china not in known:
+        raise ScenarioError("china", s.china, "not one of the scenario's countries")
+    for i, member in enumerate(s.alliance):
+        if member not in known:
+            raise ScenarioError(f"alliance.{i}", member, "unknown country")
+    for i, o in enumerate(s.transport.overrides):
+        for attr in ("origin", "destination"):
+            if getattr(o, attr) not in known:
+                raise ScenarioError(f"transport.overrides.{i}.{attr}", getattr(o, attr),
+                                    "unknown country")
+    for section in ("mining_quota_t_per_yr", "separation_quota_t_per_yr"):
+        for country, quota in getattr(s, section).items():
+            if country not in known:
+                raise ScenarioError(f"{section}.{country}", country, "unknown country")
+            if quota < 0 or not math.isfinite(quota):
+                raise ScenarioError(f"{section}.{country}", quota, "must be >= 0 and finite")
+    for product, price in s.initial_prices_usd_per_kg.items():
+        if product not in s.products:
+            raise ScenarioError(f"initial_prices_usd_per_kg.{product}", price,
+                                f"unknown product (known: {', '.join(s.products)})")
+        if not price > 0:
+            raise ScenarioError(f"initial_prices_usd_per_kg.{product}", price, "must be > 0")
+    for product in s.products:
+        if product not in s.initial_prices_usd_per_kg:
+            raise ScenarioError("initial_prices_usd_per_kg", product, "missing a price")
+    if s.magnet is not None:
+        _check_elements(s, s.magnet.recipe_t_per_t, "magnet.recipe_t_per_t", partial=True)
+    names: set[str] = set()
+    for section in ("mines", "processors", "buyers", "projects"):
+        for i, entry in enumerate(getattr(s, section)):
+            where = f"{section}.{i}"
+            if entry.name in names:
+                raise ScenarioError(f"{where}.name", entry.name, "agent names must be unique")
+            names.add(entry.name)
+            if entry.country not in known:
+                raise ScenarioError(f"{where}.country", entry.country, "unknown country")
+            _check_entry(s, section, where, entry)
+    _check_suppliers(s)
+
+
+def _check_elements(s: Scenario, shares: dict[str, float], where: str, partial: bool) -> None:
+    for element in shares:
+        if element not in s.elements:
+            raise ScenarioError(f"{where}.{element}", shares[element],
+                                f"unknown element (known: {', '.join(s.elements)})")
+    if not partial and abs(sum(shares.values()) - 1.0) > 1e-6:
+        raise ScenarioError(where, shares, f"shares sum to {sum(shares.values()):.6g}, not 1")
+
+
+def _check_entry(s: Scenario, section: str, where: str, entry: Any) -> None:
+    stage = {"mines": "mine", "buyers": "buyer"}.get(section, getattr(entry, "stage", None))
+    if stage == "mine":
+        _check_elements(s, entry.composition, f"{where}.composition", partial=False)
+    elif stage == "separation":
+        _check_elements(s, entry.recovery, f"{where}.recovery", partial=True)
+        if not entry.recovery:
+            raise ScenarioError(f"{where}.recovery", entry.recovery,
+                                "a separation plant needs a recovery share per element")
+    elif stage == "magnet" and s.magnet is None:
+        raise ScenarioError(f"{where}.stage", "magnet", "the scenario has no magnet stage")
+    elif stage == "buyer" and entry.product not in s.products[1:]:
+        raise ScenarioError(f"{where}.product", entry.product,
+                            f"unknown product (known: {', '.join(s.products[1:])})")
+    if stage == "buyer" and entry.reservation_price_usd_per_kg < entry.reference_price_usd_per_kg:
+        raise ScenarioError(f"{where}.reservation_price_usd_per_kg",
+                            entry.reservation_price_usd_per_kg, "below the reference price")
+
+
+def _check_suppliers(s: Scenario) -> None:
+    """Every buyer needs at least one possible seller of its product."""
+    sold: set[str] = set()
+    for p in [*s.processors, *s.projects]:
+        if p.stage == "separation":
+            sold.update(f"oxide:{e}" for e, r in p.recovery.items() if r > 0)
+        elif p.stage == "magnet":
+            sold.add("magnet")
+    for i, buyer in enumerate(s.buyers):
+        if buyer.product not in sold:
+            raise ScenarioError(f"buyers.{i}.product", buyer.product,
+                                f"buyer '{buyer.name}' has no possible supplier")
+    stages = {p.stage for p in [*s.processors, *s.projects]}
+    if "separation" in stages and not s.mines and not any(p.stage == "mine" for p in s.projects):
+        raise ScenarioError("mines", [], "separation plants have no concentrate seller")
+    if "magnet" in stages and s.magnet is not None:
+        missing = [e for e in s.magnet.recipe_t_per_t if f"oxide:{e}" not in sold]
+        if missing:
+            raise ScenarioError("magnet.recipe_t_per_t", missing[0],
+                                "no separation plant produces this magnet input")
