@@ -93,8 +93,9 @@ class Producer(mesa.Agent):
         """Current ask per product sold."""
         rows = self._p.output_rows[self.index]
         w = self.model.world
-        return {w.products[p]: float(w.stocks.ask_usd_per_kg[r]) for p, r in enumerate(rows)
-                if r >= 0}
+        return {
+            w.products[p]: float(w.stocks.ask_usd_per_kg[r]) for p, r in enumerate(rows) if r >= 0
+        }
 
     @property
     def stocks_t(self) -> dict[str, float]:
@@ -111,11 +112,13 @@ class Producer(mesa.Agent):
         w, p = model.world, model.world.producers
         per_tick = p.capacity_t_per_yr / model.config.ticks_per_year
         since = model.tick - p.ramp_start_tick
-        ramp = np.where((p.ramp_ticks > 0) & (since < p.ramp_ticks),
-                        (since + 1) / np.maximum(p.ramp_ticks, 1), 1.0)
+        ramp = np.where(
+            (p.ramp_ticks > 0) & (since < p.ramp_ticks),
+            (since + 1) / np.maximum(p.ramp_ticks, 1),
+            1.0,
+        )
         cap = per_tick * np.clip(ramp, 0.0, 1.0) * (p.status == OPERATING)
-        quotas = {0: model.config.mining_quota_t_per_yr,
-                  1: model.config.separation_quota_t_per_yr}
+        quotas = {0: model.config.mining_quota_t_per_yr, 1: model.config.separation_quota_t_per_yr}
         for stage, by_country in quotas.items():
             for country, quota in by_country.items():
                 c = w.layout.countries.index(country)
@@ -150,12 +153,14 @@ class Producer(mesa.Agent):
         yields = typical_ore * p.recovery  # per producer × element
         if market_view:
             value = yields @ oxide_price
-            input_cost = np.full(len(p.names), model.concentrate_price_per_basket_value
-                                 * (typical_ore @ oxide_price))
+            input_cost = np.full(
+                len(p.names), model.concentrate_price_per_basket_value * (typical_ore @ oxide_price)
+            )
         else:
             out = p.output_rows[:, 1 : 1 + n_e]
-            own = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)],
-                           oxide_price[None, :])
+            own = np.where(
+                out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], oxide_price[None, :]
+            )
             value = (yields * own).sum(axis=1)
             input_cost = s.expected_price_usd_per_kg[np.maximum(p.input_rows[:, 0], 0)]
         margin[sep] = value[sep] - p.unit_cost_usd_per_kg[sep] - input_cost[sep]
@@ -196,8 +201,10 @@ class Producer(mesa.Agent):
     @staticmethod
     def unit_price(model: RareEarthModel) -> np.ndarray:
         """Per producer: expected revenue per kg of its capacity unit (US$/kg)."""
-        return Producer.unit_margin(model, market_view=False) + \
-            model.world.producers.unit_cost_usd_per_kg
+        return (
+            Producer.unit_margin(model, market_view=False)
+            + model.world.producers.unit_cost_usd_per_kg
+        )
 
     @staticmethod
     def commission(model: RareEarthModel) -> None:
@@ -217,18 +224,28 @@ class Producer(mesa.Agent):
         p, inv = model.world.producers, model.config.investment
         tpy = model.config.ticks_per_year
         # expansion of incumbents
-        expand = ((p.status == OPERATING) & (p.pending_capacity_t_per_yr == 0)
-                  & (p.margin_history >= inv.expansion_hurdle)
-                  & (p.utilisation_history >= inv.utilisation_to_expand))
+        expand = (
+            (p.status == OPERATING)
+            & (p.pending_capacity_t_per_yr == 0)
+            & (p.margin_history >= inv.expansion_hurdle)
+            & (p.utilisation_history >= inv.utilisation_to_expand)
+        )
         added = np.where(expand, p.capacity_t_per_yr * inv.expansion_share, 0.0)
         capex = added * inv.expansion_capex_usd_per_t_per_yr / USD_MILLION
         p.pending_capacity_t_per_yr = p.pending_capacity_t_per_yr + added
         p.online_tick = np.where(
-            expand, model.tick + round(inv.expansion_lead_time_years * tpy), p.online_tick)
+            expand, model.tick + round(inv.expansion_lead_time_years * tpy), p.online_tick
+        )
         # pipeline projects by NPV at market prices
         margin = Producer.unit_margin(model, market_view=True)
-        npv = project_npv(margin, p.pending_capacity_t_per_yr, p.capex_usd_million,
-                          p.lead_ticks / tpy, p.life_years, p.discount_rate)
+        npv = project_npv(
+            margin,
+            p.pending_capacity_t_per_yr,
+            p.capex_usd_million,
+            p.lead_ticks / tpy,
+            p.life_years,
+            p.discount_rate,
+        )
         start = (p.status == PLANNED) & (model.tick >= p.earliest_tick) & (npv > 0)
         p.status = np.where(start, CONSTRUCTION, p.status)
         p.online_tick = np.where(start, model.tick + np.maximum(p.lead_ticks, 1), p.online_tick)
@@ -273,8 +290,7 @@ def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
     element = s.product[rows] - 1
     sep = p.stage[owner] == 1
     yields = np.ones(len(rows))
-    yields[sep] = (model.typical_ore_composition[element[sep]]
-                   * p.recovery[owner[sep], element[sep]])
+    yields[sep] = model.typical_ore_composition[element[sep]] * p.recovery[owner[sep], element[sep]]
     return cap * yields
 
 
@@ -388,15 +404,15 @@ class Processor(Producer):
         made = through[:, None] * yields  # plant × element
         s.qty_t[in_rows] -= through
         model.separation_losses_t_total += (through - made.sum(axis=1)).sum()
-        out_attrs = provenance.processed(s.attrs[in_rows], w.layout, p.country[plants],
-                                         w.china)
+        out_attrs = provenance.processed(s.attrs[in_rows], w.layout, p.country[plants], w.china)
         has = (out_rows >= 0) & (made > 0)
         plant_idx, element = np.nonzero(has)
         lot_attrs = out_attrs[plant_idx].copy()
         lot_attrs[:, w.layout.composition] = np.eye(n_e)[element]
         q = made[plant_idx, element]
-        provenance.mix_into(s.qty_t, s.attrs, out_rows[plant_idx, element], q,
-                            q[:, None] * lot_attrs)
+        provenance.mix_into(
+            s.qty_t, s.attrs, out_rows[plant_idx, element], q, q[:, None] * lot_attrs
+        )
         p.output_t[plants] = through
         model.charge_opex(plants, through * p.unit_cost_usd_per_kg[plants] / KG_PER_T)
 
@@ -422,8 +438,9 @@ class Processor(Producer):
         use = made[:, None] * recipe[used]  # plant × used element, t oxide
         reo_in = use.sum(axis=1)
         mixed = (use[:, :, None] * s.attrs[in_rows]).sum(axis=1)  # plant × attribute mass
-        mixed = np.where(reo_in[:, None] > 0, mixed / np.maximum(reo_in, 1e-300)[:, None],
-                         s.attrs[out_rows])
+        mixed = np.where(
+            reo_in[:, None] > 0, mixed / np.maximum(reo_in, 1e-300)[:, None], s.attrs[out_rows]
+        )
         lot_attrs = provenance.processed(mixed, w.layout, p.country[plants], w.china)
         lot_attrs[:, w.layout.composition] = recipe / recipe.sum()
         s.qty_t[in_rows] = np.maximum(s.qty_t[in_rows] - use, 0.0)
@@ -478,8 +495,7 @@ class Buyer(mesa.Agent):
     def compliant_share(self) -> float:
         """Share of its inventory no Chinese mine or processor contributed to."""
         w = self.model.world
-        return float(provenance.compliant_share(w.stocks.attrs[w.buyers.row[self.index]],
-                                                w.layout))
+        return float(provenance.compliant_share(w.stocks.attrs[w.buyers.row[self.index]], w.layout))
 
     # ------------------------------------------------------------ rules over all buyers
 
@@ -492,13 +508,15 @@ class Buyer(mesa.Agent):
         ratio = s.expected_price_usd_per_kg[b.row] / b.reference_price  # per buyer
         high = ratio > b.substitution_threshold
         step = b.substitution_rate_per_yr / tpy
-        b.substitution_factor = np.where(high, b.substitution_factor * (1 - step),
-                                         b.substitution_factor)
+        b.substitution_factor = np.where(
+            high, b.substitution_factor * (1 - step), b.substitution_factor
+        )
         b.substitution_low = np.minimum(b.substitution_low, b.substitution_factor)
         ceiling = b.substitution_low + b.substitution_recovery * (1 - b.substitution_low)
         recovered = np.minimum(b.substitution_factor + step * b.substitution_recovery, ceiling)
-        b.substitution_factor = np.where(high, b.substitution_factor,
-                                         np.maximum(b.substitution_factor, recovered))
+        b.substitution_factor = np.where(
+            high, b.substitution_factor, np.maximum(b.substitution_factor, recovered)
+        )
         price_response = np.minimum(np.maximum(ratio, 1e-6) ** -b.elasticity, 2.0)
         growth = (1 + b.growth_rate_per_yr) ** years
         b.need_t = b.base_demand_t_per_yr / tpy * growth * price_response * b.substitution_factor

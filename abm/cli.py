@@ -21,8 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="scenario YAML file")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--ticks", type=int, default=None, help="ticks to run (default: scenario)")
-    run.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="KEY.PATH=VALUE", help="override a scenario value (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a scenario value (repeatable)",
+    )
     run.add_argument("--out", default="runs", help="output folder (default runs/)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -37,8 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
     out = Path(args.out)
     try:
-        result = run(scenario, seed=args.seed, ticks=args.ticks,
-                     progress=not args.no_progress)
+        result = run(scenario, seed=args.seed, ticks=args.ticks, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("abm: interrupted; nothing written", file=sys.stderr)
         return 130
@@ -48,9 +53,11 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     folder = result.save(out, started)
     last = result.metrics.iloc[-1]
-    print(f"{folder}  ({len(result.metrics) - 1} ticks, "
-          f"{result.timings_s['simulation']:.2f} s simulation; "
-          f"CN separation share {last.get('cn_share_separation', float('nan')):.0%})")
+    print(
+        f"{folder}  ({len(result.metrics) - 1} ticks, "
+        f"{result.timings_s['simulation']:.2f} s simulation; "
+        f"CN separation share {last.get('cn_share_separation', float('nan')):.0%})"
+    )
     return 0
 
 

@@ -49,6 +49,17 @@ def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """Per-edge facts the price metrics select on, computed once per collected tick."""
+    key = (model.tick, model.steps)
+    cached = getattr(model, "_metrics_edge_view", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    view = _compute_edge_view(model)
+    model._metrics_edge_view = (key, view)
+    return view
+
+
+def _compute_edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
     w = model.world
     e, s = w.edges, w.stocks
     seller_c, buyer_c = s.country[e.seller], s.country[e.buyer]
@@ -149,8 +160,11 @@ def hhi(model: RareEarthModel, stage: int) -> float:
 def capacity(model: RareEarthModel, stage: int, bloc: int) -> float:
     """Built capacity (operating or idle) of a stage in a bloc, per year."""
     p, w = model.world.producers, model.world
-    mask = (p.stage == stage) & (w.country_bloc[p.country] == bloc) & \
-        ((p.status == OPERATING) | (p.status == IDLE))
+    mask = (
+        (p.stage == stage)
+        & (w.country_bloc[p.country] == bloc)
+        & ((p.status == OPERATING) | (p.status == IDLE))
+    )
     return float(p.capacity_t_per_yr[mask].sum())
 
 
@@ -206,84 +220,212 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
     for p, name in enumerate(w.products):
         unit = "US$/kg REO" if name == "concentrate" else "US$/kg"
         tag = slug(name)
-        add(Metric(f"price_world_{tag}", unit,
-                   f"Volume-weighted price of all {name} trades (at the ask).",
-                   partial(price, product=p, kind="world")))
-        add(Metric(f"price_cn_domestic_{tag}", unit,
-                   f"Volume-weighted price of {name} sold by CN sellers to CN buyers.",
-                   partial(price, product=p, kind="cn_domestic")))
-        add(Metric(f"price_export_fob_{tag}", unit,
-                   f"Volume-weighted price of {name} sold by CN sellers abroad, before tariff.",
-                   partial(price, product=p, kind="export_fob")))
-        add(Metric(f"price_alliance_landed_{tag}", unit,
-                   f"Volume-weighted all-in landed cost alliance buyers paid for {name}.",
-                   partial(price, product=p, kind="alliance_landed")))
-        add(Metric(f"price_compliant_{tag}", unit,
-                   f"Volume-weighted price of compliant {name} (no CN mine or plant in it).",
-                   partial(price, product=p, kind="compliant")))
-        add(Metric(f"two_tier_spread_{tag}", unit,
-                   f"Export FOB minus China domestic price of {name}.",
-                   partial(two_tier_spread, product=p)))
-        add(Metric(f"seller_stock_t_{tag}", "t",
-                   f"Stock of {name} held by its sellers.", partial(seller_stock, product=p)))
+        add(
+            Metric(
+                f"price_world_{tag}",
+                unit,
+                f"Volume-weighted price of all {name} trades (at the ask).",
+                partial(price, product=p, kind="world"),
+            )
+        )
+        add(
+            Metric(
+                f"price_cn_domestic_{tag}",
+                unit,
+                f"Volume-weighted price of {name} sold by CN sellers to CN buyers.",
+                partial(price, product=p, kind="cn_domestic"),
+            )
+        )
+        add(
+            Metric(
+                f"price_export_fob_{tag}",
+                unit,
+                f"Volume-weighted price of {name} sold by CN sellers abroad, before tariff.",
+                partial(price, product=p, kind="export_fob"),
+            )
+        )
+        add(
+            Metric(
+                f"price_alliance_landed_{tag}",
+                unit,
+                f"Volume-weighted all-in landed cost alliance buyers paid for {name}.",
+                partial(price, product=p, kind="alliance_landed"),
+            )
+        )
+        add(
+            Metric(
+                f"price_compliant_{tag}",
+                unit,
+                f"Volume-weighted price of compliant {name} (no CN mine or plant in it).",
+                partial(price, product=p, kind="compliant"),
+            )
+        )
+        add(
+            Metric(
+                f"two_tier_spread_{tag}",
+                unit,
+                f"Export FOB minus China domestic price of {name}.",
+                partial(two_tier_spread, product=p),
+            )
+        )
+        add(
+            Metric(
+                f"seller_stock_t_{tag}",
+                "t",
+                f"Stock of {name} held by its sellers.",
+                partial(seller_stock, product=p),
+            )
+        )
     for b, bloc in enumerate(BLOCS):
-        for kind, text in (("processed", "processed in China at any stage"),
-                           ("mined", "mined in China"),
-                           ("route", "whose route touched China (mined or processed)")):
-            add(Metric(f"dependency_{kind}_cn_{bloc}", "share",
-                       f"Share of the {bloc} bloc's consumption (value at reference prices) "
-                       f"{text}.", partial(dependency, bloc=b, kind=kind)))
-        add(Metric(f"shortage_{bloc}", "share",
-                   f"Unmet share of the {bloc} bloc's end-use need (value-weighted).",
-                   partial(shortage, bloc=b)))
-        add(Metric(f"fill_rate_{bloc}", "share", f"1 − shortage_{bloc}.",
-                   lambda m, b=b: 1 - shortage(m, b)))
+        for kind, text in (
+            ("processed", "processed in China at any stage"),
+            ("mined", "mined in China"),
+            ("route", "whose route touched China (mined or processed)"),
+        ):
+            add(
+                Metric(
+                    f"dependency_{kind}_cn_{bloc}",
+                    "share",
+                    f"Share of the {bloc} bloc's consumption (value at reference prices) {text}.",
+                    partial(dependency, bloc=b, kind=kind),
+                )
+            )
+        add(
+            Metric(
+                f"shortage_{bloc}",
+                "share",
+                f"Unmet share of the {bloc} bloc's end-use need (value-weighted).",
+                partial(shortage, bloc=b),
+            )
+        )
+        add(
+            Metric(
+                f"fill_rate_{bloc}",
+                "share",
+                f"1 − shortage_{bloc}.",
+                lambda m, b=b: 1 - shortage(m, b),
+            )
+        )
     for st, stage in enumerate(STAGES):
         unit = "t magnet/yr" if stage == "magnets" else "t REO/yr"
-        add(Metric(f"cn_share_{stage}", "share",
-                   f"China's share of world {stage} output this tick.",
-                   partial(china_share, stage=st)))
-        add(Metric(f"hhi_{stage}", "index 0–10,000",
-                   f"Herfindahl–Hirschman index of {stage} output by country.",
-                   partial(hhi, stage=st)))
-        add(Metric(f"utilisation_{stage}", "share",
-                   f"Output over effective capacity of {stage} producers.",
-                   partial(utilisation, stage=st)))
-        add(Metric(f"active_producers_{stage}", "count",
-                   f"Operating {stage} producers.", partial(active_producers, stage=st)))
+        add(
+            Metric(
+                f"cn_share_{stage}",
+                "share",
+                f"China's share of world {stage} output this tick.",
+                partial(china_share, stage=st),
+            )
+        )
+        add(
+            Metric(
+                f"hhi_{stage}",
+                "index 0–10,000",
+                f"Herfindahl–Hirschman index of {stage} output by country.",
+                partial(hhi, stage=st),
+            )
+        )
+        add(
+            Metric(
+                f"utilisation_{stage}",
+                "share",
+                f"Output over effective capacity of {stage} producers.",
+                partial(utilisation, stage=st),
+            )
+        )
+        add(
+            Metric(
+                f"active_producers_{stage}",
+                "count",
+                f"Operating {stage} producers.",
+                partial(active_producers, stage=st),
+            )
+        )
         for b, bloc in enumerate(BLOCS):
-            add(Metric(f"capacity_{stage}_{bloc}", unit,
-                       f"Built {stage} capacity (operating or idle) in the {bloc} bloc.",
-                       partial(capacity, stage=st, bloc=b)))
-            add(Metric(f"profit_{stage}_{bloc}", "US$ M per tick",
-                       f"Cash profit of {stage} producers in the {bloc} bloc.",
-                       partial(profit, stage=st, bloc=b)))
-    fiscal = (("tariff_revenue", "Tariff revenue of importing blocs."),
-              ("duty_revenue", "Export duty revenue (China)."),
-              ("levy_revenue", "Border levy revenue (alliance)."),
-              ("floor_subsidy", "Price-floor subsidy paid (alliance)."))
+            add(
+                Metric(
+                    f"capacity_{stage}_{bloc}",
+                    unit,
+                    f"Built {stage} capacity (operating or idle) in the {bloc} bloc.",
+                    partial(capacity, stage=st, bloc=b),
+                )
+            )
+            add(
+                Metric(
+                    f"profit_{stage}_{bloc}",
+                    "US$ M per tick",
+                    f"Cash profit of {stage} producers in the {bloc} bloc.",
+                    partial(profit, stage=st, bloc=b),
+                )
+            )
+    fiscal = (
+        ("tariff_revenue", "Tariff revenue of importing blocs."),
+        ("duty_revenue", "Export duty revenue (China)."),
+        ("levy_revenue", "Border levy revenue (alliance)."),
+        ("floor_subsidy", "Price-floor subsidy paid (alliance)."),
+    )
     for key, text in fiscal:
-        add(Metric(f"{key}_usd_million", "US$ M per tick", text,
-                   lambda m, key=key: m.tick_fiscal[key]))
-    add(Metric("buyers_landed_cost_usd_million", "US$ M per tick",
-               "What end buyers paid for their purchases, all-in.",
-               lambda m: float(m.tick_buyer_spend.sum())))
-    add(Metric("entries_total", "count", "Pipeline projects come online so far.",
-               lambda m: float(m.entries_total)))
-    add(Metric("exits_total", "count", "Producers closed so far.",
-               lambda m: float(m.exits_total)))
-    add(Metric("projects_under_construction", "count", "Pipeline projects being built.",
-               lambda m: float((m.world.producers.status == 1).sum())))
-    add(Metric("projects_planned", "count", "Pipeline projects not (yet) started.",
-               lambda m: float((m.world.producers.status == PLANNED).sum())))
-    add(Metric("closed_producers", "count", "Producers closed.",
-               lambda m: float((m.world.producers.status == CLOSED).sum())))
-    add(Metric("mass_balance_error_t", "t REO",
-               "Mined − (stock change + in transit + consumed + losses); zero up to rounding.",
-               lambda m: m.mass_balance_error_t()))
-    add(Metric("money_balance_error_usd_million", "US$ M",
-               "Sum over every account of the closed money system; zero up to rounding.",
-               lambda m: m.money_balance_error_usd_million()))
+        add(
+            Metric(
+                f"{key}_usd_million", "US$ M per tick", text, lambda m, key=key: m.tick_fiscal[key]
+            )
+        )
+    add(
+        Metric(
+            "buyers_landed_cost_usd_million",
+            "US$ M per tick",
+            "What end buyers paid for their purchases, all-in.",
+            lambda m: float(m.tick_buyer_spend.sum()),
+        )
+    )
+    add(
+        Metric(
+            "entries_total",
+            "count",
+            "Pipeline projects come online so far.",
+            lambda m: float(m.entries_total),
+        )
+    )
+    add(Metric("exits_total", "count", "Producers closed so far.", lambda m: float(m.exits_total)))
+    add(
+        Metric(
+            "projects_under_construction",
+            "count",
+            "Pipeline projects being built.",
+            lambda m: float((m.world.producers.status == 1).sum()),
+        )
+    )
+    add(
+        Metric(
+            "projects_planned",
+            "count",
+            "Pipeline projects not (yet) started.",
+            lambda m: float((m.world.producers.status == PLANNED).sum()),
+        )
+    )
+    add(
+        Metric(
+            "closed_producers",
+            "count",
+            "Producers closed.",
+            lambda m: float((m.world.producers.status == CLOSED).sum()),
+        )
+    )
+    add(
+        Metric(
+            "mass_balance_error_t",
+            "t REO",
+            "Mined − (stock change + in transit + consumed + losses); zero up to rounding.",
+            lambda m: m.mass_balance_error_t(),
+        )
+    )
+    add(
+        Metric(
+            "money_balance_error_usd_million",
+            "US$ M",
+            "Sum over every account of the closed money system; zero up to rounding.",
+            lambda m: m.money_balance_error_usd_million(),
+        )
+    )
     return out
 
 
@@ -299,8 +441,9 @@ def reporters(model: RareEarthModel) -> dict[str, Callable[[RareEarthModel], flo
 
 def glossary(model: RareEarthModel) -> pd.DataFrame:
     """Name, unit and meaning of every metric."""
-    return pd.DataFrame([(m.name, m.unit, m.meaning) for m in registry(model)],
-                        columns=["name", "unit", "meaning"])
+    return pd.DataFrame(
+        [(m.name, m.unit, m.meaning) for m in registry(model)], columns=["name", "unit", "meaning"]
+    )
 
 
 def glossary_markdown(model: RareEarthModel) -> str:
@@ -311,8 +454,17 @@ def glossary_markdown(model: RareEarthModel) -> str:
 
 def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     """Edge flows of every collected tick: tick, seller, buyer, product, countries, prices."""
-    columns = ["tick", "seller", "buyer", "product", "seller_country", "buyer_country",
-               "flow_t", "ask_usd_per_kg", "landed_usd_per_kg"]
+    columns = [
+        "tick",
+        "seller",
+        "buyer",
+        "product",
+        "seller_country",
+        "buyer_country",
+        "flow_t",
+        "ask_usd_per_kg",
+        "landed_usd_per_kg",
+    ]
     if not model.flow_log:
         return pd.DataFrame(columns=columns)
     log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in model.flow_log[0]}
@@ -321,14 +473,16 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     edge = log["edge"]
     names = np.array([a.name for a in model._row_agent])
     countries = np.array(w.layout.countries)
-    return pd.DataFrame({
-        "tick": log["tick"],
-        "seller": names[e.seller[edge]],
-        "buyer": names[e.buyer[edge]],
-        "product": np.array(w.products)[e.product[edge]],
-        "seller_country": countries[s.country[e.seller[edge]]],
-        "buyer_country": countries[s.country[e.buyer[edge]]],
-        "flow_t": log["flow_t"],
-        "ask_usd_per_kg": log["ask_usd_per_kg"],
-        "landed_usd_per_kg": log["landed_usd_per_kg"],
-    })
+    return pd.DataFrame(
+        {
+            "tick": log["tick"],
+            "seller": names[e.seller[edge]],
+            "buyer": names[e.buyer[edge]],
+            "product": np.array(w.products)[e.product[edge]],
+            "seller_country": countries[s.country[e.seller[edge]]],
+            "buyer_country": countries[s.country[e.buyer[edge]]],
+            "flow_t": log["flow_t"],
+            "ask_usd_per_kg": log["ask_usd_per_kg"],
+            "landed_usd_per_kg": log["landed_usd_per_kg"],
+        }
+    )

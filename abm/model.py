@@ -84,14 +84,14 @@ class RareEarthModel(mesa.Model):
         """One tick, in the order of MODEL.md §6."""
         self.tick += 1
         self._begin_tick()
-        self._apply_policies()                   # 1–2: events and policy terms on edges
-        Producer.commission(self)                # new capacity comes online
+        self._apply_policies()  # 1–2: events and policy terms on edges
+        Producer.commission(self)  # new capacity comes online
         self.effective_capacity = Producer.effective_capacity_t(self)
-        Mine.produce(self)                       # 3: mines produce
-        self._arrive_shipments()                 # 3: shipments whose lead time elapsed
+        Mine.produce(self)  # 3: mines produce
+        self._arrive_shipments()  # 3: shipments whose lead time elapsed
         Buyer.adapt_demand(self)
         Buyer.plan_orders(self)
-        for product in range(len(self.world.products)):   # 4: markets in supply-chain order
+        for product in range(len(self.world.products)):  # 4: markets in supply-chain order
             Processor.plan_inputs(self, product)
             self._clear_market(product)
             if product == 0:
@@ -99,21 +99,30 @@ class RareEarthModel(mesa.Model):
             if self._is_last_oxide(product):
                 Processor.make_magnets(self)
         self.consumed_attr_t = Buyer.consume(self)  # 5: consumption and shortage
-        self._update_prices()                    # 6: asks and expectations
-        self._settle()                           # 7: costs and profits
-        Producer.review_operations(self)         # idling, restarts, closures
+        self._update_prices()  # 6: asks and expectations
+        self._settle()  # 7: costs and profits
+        Producer.review_operations(self)  # idling, restarts, closures
         if self._investment_tick():
-            Producer.invest(self)                # 8: investment, entry, exit
+            Producer.invest(self)  # 8: investment, entry, exit
         if not self.warming_up:
-            self.datacollector.collect(self)     # 9: metrics
+            self.datacollector.collect(self)  # 9: metrics
             self._log_flows()
 
     # ------------------------------------------------------------------ set-up
 
     def _init_accounts(self) -> None:
-        self.accounts = {name: 0.0 for name in (
-            "tariff_revenue", "duty_revenue", "levy_revenue", "floor_subsidy",
-            "transport", "operating_costs", "capital_goods")}
+        self.accounts = {
+            name: 0.0
+            for name in (
+                "tariff_revenue",
+                "duty_revenue",
+                "levy_revenue",
+                "floor_subsidy",
+                "transport",
+                "operating_costs",
+                "capital_goods",
+            )
+        }
         self.mined_t_total = 0.0
         self.separation_losses_t_total = 0.0
         self.consumed_reo_t_total = 0.0
@@ -183,7 +192,8 @@ class RareEarthModel(mesa.Model):
         coef[1 : 1 + n_e] = np.where(w.magnet_recipe > 0, w.magnet_recipe, 1.0)
         has_in = p.input_rows >= 0
         s.qty_t[p.input_rows[has_in]] = (
-            self.months_to_ticks(cfg.input_cover_months) * cap[:, None] * coef)[has_in]
+            self.months_to_ticks(cfg.input_cover_months) * cap[:, None] * coef
+        )[has_in]
         Buyer.adapt_demand(self)
         b = w.buyers
         s.qty_t[b.row] = b.need_t * self.months_to_ticks(b.inventory_target_months)
@@ -224,15 +234,24 @@ class RareEarthModel(mesa.Model):
         agents = [*self.producer_agents, *self.buyer_agents]
         for agent in agents:
             stage = agent.stage if isinstance(agent, Producer) else "buyer"
-            graph.add_node(agent.name, kind=type(agent).__name__, country=agent.country,
-                           stage=stage, agent=agent)
+            graph.add_node(
+                agent.name,
+                kind=type(agent).__name__,
+                country=agent.country,
+                stage=stage,
+                agent=agent,
+            )
         self._row_agent = [
             (self.buyer_agents if s.owner_kind[r] == BUYER else self.producer_agents)[s.owner[r]]
             for r in range(len(s.qty_t))
         ]
         for i in range(len(e.seller)):
-            graph.add_edge(self._row_agent[e.seller[i]].name, self._row_agent[e.buyer[i]].name,
-                           key=w.products[e.product[i]], edge_index=i)
+            graph.add_edge(
+                self._row_agent[e.seller[i]].name,
+                self._row_agent[e.buyer[i]].name,
+                key=w.products[e.product[i]],
+                edge_index=i,
+            )
         return graph
 
     @property
@@ -244,11 +263,15 @@ class RareEarthModel(mesa.Model):
             i = data["edge_index"]
             data.update(
                 transport_usd_per_kg=float(e.transport_usd_per_kg[i]),
-                lead_time_ticks=int(e.lead_ticks[i]), tariff=float(e.tariff[i]),
-                duty=float(e.duty[i]), levy_usd_per_kg=float(e.levy_usd_per_kg[i]),
-                allowed=bool(e.allowed[i]), flow_t=float(e.flow_t[i]),
-                through_china=bool(w.stocks.country[e.seller[i]] == china
-                                   or w.stocks.country[e.buyer[i]] == china),
+                lead_time_ticks=int(e.lead_ticks[i]),
+                tariff=float(e.tariff[i]),
+                duty=float(e.duty[i]),
+                levy_usd_per_kg=float(e.levy_usd_per_kg[i]),
+                allowed=bool(e.allowed[i]),
+                flow_t=float(e.flow_t[i]),
+                through_china=bool(
+                    w.stocks.country[e.seller[i]] == china or w.stocks.country[e.buyer[i]] == china
+                ),
             )
         for _, data in self._graph.nodes(data=True):
             data["bloc"] = data["agent"].bloc
@@ -286,8 +309,9 @@ class RareEarthModel(mesa.Model):
     def _arrive_shipments(self) -> None:
         w = self.world
         rows = np.flatnonzero(w.transit_t[0] > 0)
-        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[0, rows],
-                            w.transit_attr_t[0, rows])
+        provenance.mix_into(
+            w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[0, rows], w.transit_attr_t[0, rows]
+        )
         w.transit_t[:-1] = w.transit_t[1:]
         w.transit_t[-1] = 0.0
         w.transit_attr_t[:-1] = w.transit_attr_t[1:]
@@ -318,8 +342,9 @@ class RareEarthModel(mesa.Model):
             return
         sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
         ask = s.ask_usd_per_kg[sellers]
-        landed = market.landed_cost(ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl],
-                                    e.transport_usd_per_kg[sl], 0.0)
+        landed = market.landed_cost(
+            ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl], e.transport_usd_per_kg[sl], 0.0
+        )
         compliant = s.attrs[sellers, w.layout.touched_cn] < COMPLIANT_TOLERANCE
         premium = np.where(compliant, 0.0, self.row_premium_share[buyers] * ask)
         switching = np.where(e.last_flow_t[sl] > 0, 0.0, self.row_switching[buyers])
@@ -332,9 +357,16 @@ class RareEarthModel(mesa.Model):
         available = s.qty_t[m.seller_rows].copy()
         cfg = self.config.market
         result = market.clear(
-            rank, m.seller_local, m.buyer_local, eligible, compliant,
-            s.desired_t[m.buyer_rows], self.row_min_compliant[m.buyer_rows], available,
-            cfg.logit_beta, np.full(len(m.buyer_rows), w.reference_price[product]),
+            rank,
+            m.seller_local,
+            m.buyer_local,
+            eligible,
+            compliant,
+            s.desired_t[m.buyer_rows],
+            self.row_min_compliant[m.buyer_rows],
+            available,
+            cfg.logit_beta,
+            np.full(len(m.buyer_rows), w.reference_price[product]),
             cfg.rationing_rounds,
         )
         flow = result.flow  # per edge
@@ -352,24 +384,33 @@ class RareEarthModel(mesa.Model):
         self._pay(sl, sellers, buyers, flow, ask, landed)
         self._update_buyer_expectations(m, flow, landed, eligible)
 
-    def _ship(self, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray,
-              lead: np.ndarray) -> None:
+    def _ship(
+        self, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray, lead: np.ndarray
+    ) -> None:
         """Deliver now (lead time 0) or put in transit for ``lead`` ticks."""
         w = self.world
         moving = flow > 0
         sellers, buyers, flow, lead = sellers[moving], buyers[moving], flow[moving], lead[moving]
         attr_mass = flow[:, None] * w.stocks.attrs[sellers]  # per moving edge × attribute
         now = lead == 0
-        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, buyers[now], flow[now],
-                            attr_mass[now])
-        later = ~now
-        slot = lead[later] - 1
-        np.add.at(w.transit_t, (slot, buyers[later]), flow[later])
-        np.add.at(w.transit_attr_t, (slot, buyers[later]), attr_mass[later])
+        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, buyers[now], flow[now], attr_mass[now])
+        for lead_ticks in np.unique(lead[~now]):
+            this = lead == lead_ticks
+            rows, qty = provenance.sum_by(buyers[this], flow[this])
+            _, mass = provenance.sum_by(buyers[this], attr_mass[this])
+            w.transit_t[lead_ticks - 1, rows] += qty
+            w.transit_attr_t[lead_ticks - 1, rows] += mass
         self.in_transit_t = w.transit_t.sum(axis=0)
 
-    def _pay(self, sl: slice, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray,
-             ask: np.ndarray, landed: np.ndarray) -> None:
+    def _pay(
+        self,
+        sl: slice,
+        sellers: np.ndarray,
+        buyers: np.ndarray,
+        flow: np.ndarray,
+        ask: np.ndarray,
+        landed: np.ndarray,
+    ) -> None:
         """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""
         w, s, e = self.world, self.world.stocks, self.world.edges
         to_money = flow / KG_PER_T  # t × US$/kg → US$ million
@@ -381,10 +422,12 @@ class RareEarthModel(mesa.Model):
         self.tick_revenue += np.bincount(s.owner[sellers], to_money * ask, minlength=n_p)
         paid = to_money * landed
         by_buyer = s.owner_kind[buyers] == BUYER
-        self.tick_buyer_spend += np.bincount(s.owner[buyers[by_buyer]], paid[by_buyer],
-                                             minlength=len(w.buyers.names))
-        self.tick_purchases += np.bincount(s.owner[buyers[~by_buyer]], paid[~by_buyer],
-                                           minlength=n_p)
+        self.tick_buyer_spend += np.bincount(
+            s.owner[buyers[by_buyer]], paid[by_buyer], minlength=len(w.buyers.names)
+        )
+        self.tick_purchases += np.bincount(
+            s.owner[buyers[~by_buyer]], paid[~by_buyer], minlength=n_p
+        )
         self.tick_fiscal["duty_revenue"] += duty.sum()
         self.tick_fiscal["tariff_revenue"] += tariff.sum()
         self.tick_fiscal["levy_revenue"] += levy.sum()
@@ -395,8 +438,9 @@ class RareEarthModel(mesa.Model):
         np.add.at(self.tick_opex, producers, usd_million)
         self.tick_fiscal["operating_costs"] += usd_million.sum()
 
-    def _update_buyer_expectations(self, m: _MarketIndex, flow: np.ndarray,
-                                   landed: np.ndarray, eligible: np.ndarray) -> None:
+    def _update_buyer_expectations(
+        self, m: _MarketIndex, flow: np.ndarray, landed: np.ndarray, eligible: np.ndarray
+    ) -> None:
         """Buyers expect what they paid (volume-weighted), or the cheapest offer if nothing."""
         s = self.world.stocks
         n_b = len(m.buyer_rows)
@@ -408,33 +452,36 @@ class RareEarthModel(mesa.Model):
         current = s.expected_price_usd_per_kg[m.buyer_rows]
         observed = np.where(np.isfinite(observed), observed, current)
         s.expected_price_usd_per_kg[m.buyer_rows] = market.smooth(
-            current, observed, self.config.market.expectation_smoothing)
+            current, observed, self.config.market.expectation_smoothing
+        )
 
     def _update_prices(self) -> None:
         """Sellers move asks with excess demand (§7.2); expectations follow (smoothing)."""
         w, s, cfg = self.world, self.world.stocks, self.config.market
         out = np.flatnonzero(s.role == OUTPUT)
         floor = cfg.loss_tolerance * self._cost_floor(out)
-        ask = market.adjust_asks(s.ask_usd_per_kg[out], s.orders_t[out], s.available_t[out],
-                                 cfg.price_adjustment, floor)
+        ask = market.adjust_asks(
+            s.ask_usd_per_kg[out], s.orders_t[out], s.available_t[out], cfg.price_adjustment, floor
+        )
         if cfg.price_noise > 0:
-            ask = np.maximum(ask * np.exp(self.rng.normal(0.0, cfg.price_noise, len(out))),
-                             floor)
+            ask = np.maximum(ask * np.exp(self.rng.normal(0.0, cfg.price_noise, len(out))), floor)
         s.ask_usd_per_kg[out] = ask
-        s.expected_sales_t[out] = market.smooth(s.expected_sales_t[out], s.sold_t[out],
-                                                cfg.expectation_smoothing)
+        s.expected_sales_t[out] = market.smooth(
+            s.expected_sales_t[out], s.sold_t[out], cfg.expectation_smoothing
+        )
         s.expected_price_usd_per_kg[out] = market.smooth(
-            s.expected_price_usd_per_kg[out], ask, cfg.expectation_smoothing)
+            s.expected_price_usd_per_kg[out], ask, cfg.expectation_smoothing
+        )
         # market-wide expected prices: volume-weighted transaction prices, smoothed
         e = w.edges
         n_prod = len(w.products)
         volume = np.bincount(e.product, e.flow_t, minlength=n_prod)
         value = np.bincount(e.product, e.flow_t * self.edge_ask, minlength=n_prod)
         traded = volume > 0
-        observed = np.where(traded, value / np.maximum(volume, 1e-300),
-                            self.expected_market_price)
-        self.expected_market_price = market.smooth(self.expected_market_price, observed,
-                                                   cfg.expectation_smoothing)
+        observed = np.where(traded, value / np.maximum(volume, 1e-300), self.expected_market_price)
+        self.expected_market_price = market.smooth(
+            self.expected_market_price, observed, cfg.expectation_smoothing
+        )
         self._update_netback()
 
     def _update_netback(self) -> None:
@@ -445,12 +492,17 @@ class RareEarthModel(mesa.Model):
         flow = e.flow_t[sl]
         if flow.sum() <= 0:
             return
-        basket = s.attrs[e.seller[sl]][:, w.layout.composition] @ \
-            self.expected_market_price[1 : 1 + n_e]
+        basket = (
+            s.attrs[e.seller[sl]][:, w.layout.composition] @ self.expected_market_price[1 : 1 + n_e]
+        )
         ratio = (flow * self.edge_ask[sl]).sum() / max((flow * basket).sum(), 1e-300)
-        self.concentrate_price_per_basket_value = float(market.smooth(
-            np.array(self.concentrate_price_per_basket_value), np.array(ratio),
-            self.config.market.expectation_smoothing))
+        self.concentrate_price_per_basket_value = float(
+            market.smooth(
+                np.array(self.concentrate_price_per_basket_value),
+                np.array(ratio),
+                self.config.market.expectation_smoothing,
+            )
+        )
 
     def _cost_floor(self, rows: np.ndarray) -> np.ndarray:
         """Per output row: the seller's unit cost of the product, before loss tolerance.
@@ -470,8 +522,9 @@ class RareEarthModel(mesa.Model):
             plant = owner[sep]
             comp = self.typical_ore_composition
             yields = comp * p.recovery[plant]  # per row × element
-            oxide_price = s.expected_price_usd_per_kg[np.maximum(
-                p.output_rows[plant, 1 : 1 + n_e], 0)]
+            oxide_price = s.expected_price_usd_per_kg[
+                np.maximum(p.output_rows[plant, 1 : 1 + n_e], 0)
+            ]
             value = yields * oxide_price
             share = value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
             element = product[sep] - 1
@@ -483,8 +536,9 @@ class RareEarthModel(mesa.Model):
         if mag.any():
             plant = owner[mag]
             in_rows = p.input_rows[plant, 1 : 1 + n_e]
-            oxide_cost = np.where(in_rows >= 0,
-                                  s.expected_price_usd_per_kg[np.maximum(in_rows, 0)], 0.0)
+            oxide_cost = np.where(
+                in_rows >= 0, s.expected_price_usd_per_kg[np.maximum(in_rows, 0)], 0.0
+            )
             floor[mag] = p.unit_cost_usd_per_kg[plant] + oxide_cost @ w.magnet_recipe
         return floor
 
@@ -500,14 +554,18 @@ class RareEarthModel(mesa.Model):
         busy = np.where(self.effective_capacity > 0, p.output_t / cap, 0.0)
         w = self.config.market.expectation_smoothing
         operating = p.status == OPERATING
-        p.utilisation_history = np.where(operating,
-                                         (1 - w) * p.utilisation_history + w * busy,
-                                         p.utilisation_history)
+        p.utilisation_history = np.where(
+            operating, (1 - w) * p.utilisation_history + w * busy, p.utilisation_history
+        )
 
     def _investment_tick(self) -> bool:
         inv = self.config.investment
-        return (inv.enabled and not self.warming_up and self.tick > 0
-                and self.tick % inv.interval_months == 0)
+        return (
+            inv.enabled
+            and not self.warming_up
+            and self.tick > 0
+            and self.tick % inv.interval_months == 0
+        )
 
     def _is_last_oxide(self, product: int) -> bool:
         return self.config.magnet is not None and product == len(self.world.products) - 2
@@ -515,11 +573,15 @@ class RareEarthModel(mesa.Model):
     def _log_flows(self) -> None:
         e = self.world.edges
         moving = np.flatnonzero(e.flow_t > 0)
-        self.flow_log.append({
-            "tick": np.full(len(moving), self.tick), "edge": moving,
-            "flow_t": e.flow_t[moving], "ask_usd_per_kg": self.edge_ask[moving],
-            "landed_usd_per_kg": self.edge_landed[moving],
-        })
+        self.flow_log.append(
+            {
+                "tick": np.full(len(moving), self.tick),
+                "edge": moving,
+                "flow_t": e.flow_t[moving],
+                "ask_usd_per_kg": self.edge_ask[moving],
+                "landed_usd_per_kg": self.edge_landed[moving],
+            }
+        )
 
     # ------------------------------------------------------------------ balances
 
@@ -540,10 +602,13 @@ class RareEarthModel(mesa.Model):
         p, b = self.world.producers, self.world.buyers
         # every account holds what it received; floor subsidies are paid out by the alliance
         received = sum(v for k, v in self.accounts.items() if k != "floor_subsidy")
-        return float(p.cash_usd_million.sum() + b.cash_usd_million.sum() + received
-                     - self.accounts["floor_subsidy"])
+        return float(
+            p.cash_usd_million.sum()
+            + b.cash_usd_million.sum()
+            + received
+            - self.accounts["floor_subsidy"]
+        )
 
     def flows_frame(self):
         """Edge flows of every collected tick as a DataFrame (see ``abm.metrics``)."""
         return metrics.flows_frame(self)
-

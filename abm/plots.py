@@ -47,10 +47,10 @@ def summary_figure(result: Result) -> Figure:
             ax.plot(x, m[column], style, color=colour, label=label)
     low, high = m.get(f"price_cn_domestic_{product}"), m.get(f"price_export_fob_{product}")
     if low is not None and high is not None:
-        ax.fill_between(x, low, high, where=high > low, color="#ff7f0e", alpha=0.15,
-                        label="two-tier spread")
-    ax.set(title=f"Prices: {product.replace('_', ' ')}", xlabel="tick (month)",
-           ylabel="US$/kg")
+        ax.fill_between(
+            x, low, high, where=high > low, color="#ff7f0e", alpha=0.15, label="two-tier spread"
+        )
+    ax.set(title=f"Prices: {product.replace('_', ' ')}", xlabel="tick (month)", ylabel="US$/kg")
     ax.legend(fontsize=8)
 
     ax = axes[0, 1]
@@ -61,8 +61,12 @@ def summary_figure(result: Result) -> Figure:
         column = f"dependency_route_cn_{bloc}"
         if column in m:
             ax.plot(x, 100 * m[column], ":", color=colour, label=f"{bloc}: route via CN")
-    ax.set(title="Dependency on China (share of consumption value)", xlabel="tick (month)",
-           ylabel="%", ylim=(-2, 102))
+    ax.set(
+        title="Dependency on China (share of consumption value)",
+        xlabel="tick (month)",
+        ylabel="%",
+        ylim=(-2, 102),
+    )
     ax.legend(fontsize=8)
 
     ax = axes[1, 0]
@@ -71,8 +75,12 @@ def summary_figure(result: Result) -> Figure:
             column = f"capacity_{stage}_{bloc}"
             if column in m and m[column].max() > 0:
                 ax.plot(x, m[column] / 1000, style, color=colour, label=f"{stage}, {bloc}")
-    ax.set(title="Capacity by bloc and stage", xlabel="tick (month)",
-           ylabel="kt/yr (REO; magnets: NdFeB)", yscale="log")
+    ax.set(
+        title="Capacity by bloc and stage",
+        xlabel="tick (month)",
+        ylabel="kt/yr (REO; magnets: NdFeB)",
+        yscale="log",
+    )
     ax.legend(fontsize=7, ncol=2)
 
     ax = axes[1, 1]
@@ -80,8 +88,7 @@ def summary_figure(result: Result) -> Figure:
         column = f"shortage_{bloc}"
         if column in m:
             ax.plot(x, 100 * m[column], color=colour, label=bloc)
-    ax.set(title="Shortage (unmet share of end-use need)", xlabel="tick (month)",
-           ylabel="%")
+    ax.set(title="Shortage (unmet share of end-use need)", xlabel="tick (month)", ylabel="%")
     ax.legend(fontsize=8)
     fig.suptitle(f"{result.scenario.name}: seed {result.seed}, start {result.scenario.start}")
     return fig

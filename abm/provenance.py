@@ -11,6 +11,16 @@ import numpy as np
 from abm.world import Layout
 
 
+def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum ``values`` (per lot, any trailing shape) over equal ``keys``: (unique keys, sums).
+
+    A sort and ``np.add.reduceat``: much faster than ``np.add.at`` on wide attribute rows.
+    """
+    order = np.argsort(keys, kind="stable")
+    unique, starts = np.unique(keys[order], return_index=True)
+    return unique, np.add.reduceat(values[order], starts, axis=0)
+
+
 def mix_into(
     qty: np.ndarray,
     attrs: np.ndarray,
@@ -30,21 +40,16 @@ def mix_into(
     """
     if len(rows) == 0:
         return
-    n_rows = len(qty)
-    inflow = np.bincount(rows, add_qty, minlength=n_rows)  # per row
-    touched = inflow > 0
-    if not touched.any():
-        return
-    attr_mass = qty[:, None] * attrs  # per row × attribute
-    np.add.at(attr_mass, rows, add_attr_mass)
-    new_qty = qty + inflow
-    attrs[touched] = attr_mass[touched] / new_qty[touched, None]
-    qty[:] = new_qty
+    target, inflow = sum_by(rows, add_qty)  # per receiving row
+    _, inflow_attr = sum_by(rows, add_attr_mass)  # per receiving row × attribute
+    received = inflow > 0
+    target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
+    new_qty = qty[target] + inflow
+    attrs[target] = (qty[target, None] * attrs[target] + inflow_attr) / new_qty[:, None]
+    qty[target] = new_qty
 
 
-def processed(
-    attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int
-) -> np.ndarray:
+def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int) -> np.ndarray:
     """Attributes of output made from input lots by processors in ``country``.
 
     Args:

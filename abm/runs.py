@@ -86,15 +86,17 @@ def run(
     model = RareEarthModel(scenario, rng=seed)
     t1 = time.perf_counter()
     n = scenario.ticks if ticks is None else ticks
-    for _ in tqdm(range(n), desc=scenario.name, unit="tick", disable=not progress,
-                  leave=False):
+    for _ in tqdm(range(n), desc=scenario.name, unit="tick", disable=not progress, leave=False):
         model.step()
     t2 = time.perf_counter()
     frame = model.datacollector.get_model_vars_dataframe().reset_index(drop=True)
     frame.index = pd.RangeIndex(len(frame), name="tick")
     frame.insert(0, "date", _dates(scenario, frame.index))
     return Result(
-        scenario=scenario, seed=seed, metrics=frame, flows=model.flows_frame(),
+        scenario=scenario,
+        seed=seed,
+        metrics=frame,
+        flows=model.flows_frame(),
         model=model if keep_model else None,
         timings_s={"setup": t1 - t0, "simulation": t2 - t1},
     )
@@ -105,10 +107,12 @@ def run(
 
 def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the code's repository (``None`` outside a git checkout)."""
+
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                 timeout=10, check=True)
+            out = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip()
@@ -126,8 +130,11 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "packages": versions}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+    }
 
 
 def new_run_dir(out_dir: Path, scenario_name: str, started: datetime) -> tuple[Path, Path]:
@@ -142,14 +149,21 @@ def new_run_dir(out_dir: Path, scenario_name: str, started: datetime) -> tuple[P
     return final, tmp
 
 
-def manifest(scenario: Scenario, seed: int, ticks: int, started: datetime,
-             status: str, **extra: Any) -> dict[str, Any]:
+def manifest(
+    scenario: Scenario, seed: int, ticks: int, started: datetime, status: str, **extra: Any
+) -> dict[str, Any]:
     """The manifest of a run."""
     return {
-        "scenario": scenario.name, "seed": seed, "ticks": ticks, "status": status,
-        "started": started.isoformat(), "ended": datetime.now(UTC).isoformat(),
-        "git": git_state(), "environment": environment(),
-        "config": scenario.model_dump(mode="json"), **extra,
+        "scenario": scenario.name,
+        "seed": seed,
+        "ticks": ticks,
+        "status": status,
+        "started": started.isoformat(),
+        "ended": datetime.now(UTC).isoformat(),
+        "git": git_state(),
+        "environment": environment(),
+        "config": scenario.model_dump(mode="json"),
+        **extra,
     }
 
 
@@ -162,16 +176,23 @@ def write_run(result: Result, out_dir: Path, started: datetime) -> Path:
     tmp.mkdir()
     try:
         (tmp / "config.yaml").write_text(
-            yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False))
+            yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False)
+        )
         result.metrics.to_parquet(tmp / "metrics.parquet")
         result.flows.to_parquet(tmp / "flows.parquet", index=False)
         figure = summary_figure(result)
         figure.savefig(tmp / "summary.png", dpi=110)
         figure.clf()
         ticks = len(result.metrics) - 1
-        info = manifest(result.scenario, result.seed, ticks, started, "complete",
-                        timings_s=result.timings_s,
-                        files=[*sorted(p.name for p in tmp.iterdir()), "manifest.json"])
+        info = manifest(
+            result.scenario,
+            result.seed,
+            ticks,
+            started,
+            "complete",
+            timings_s=result.timings_s,
+            files=[*sorted(p.name for p in tmp.iterdir()), "manifest.json"],
+        )
         (tmp / "manifest.json").write_text(json.dumps(info, indent=2))
         tmp.rename(final)
     except BaseException:
@@ -180,14 +201,22 @@ def write_run(result: Result, out_dir: Path, started: datetime) -> Path:
     return final
 
 
-def write_failed_run(scenario: Scenario, seed: int, out_dir: Path, started: datetime,
-                     error: BaseException, tick: int) -> Path:
+def write_failed_run(
+    scenario: Scenario, seed: int, out_dir: Path, started: datetime, error: BaseException, tick: int
+) -> Path:
     """Record a run that failed: a folder holding only a manifest with the error."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = new_run_dir(out_dir, scenario.name, started)
     tmp.mkdir()
-    info = manifest(scenario, seed, tick, started, "failed",
-                    error=f"{type(error).__name__}: {error}", failed_at_tick=tick)
+    info = manifest(
+        scenario,
+        seed,
+        tick,
+        started,
+        "failed",
+        error=f"{type(error).__name__}: {error}",
+        failed_at_tick=tick,
+    )
     (tmp / "manifest.json").write_text(json.dumps(info, indent=2))
     tmp.rename(final)
     return final

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 REGIONS = ("asia", "europe", "americas", "oceania", "africa")
 STAGES = ("mine", "separation", "magnet")
 MAX_FILE_BYTES = 5_000_000
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader if built
 
 
 class ScenarioError(ValueError):
@@ -239,7 +240,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ScenarioError("file", str(path), f"larger than {MAX_FILE_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         problem = str(err).replace("\n", " ")
         raise ScenarioError("file", str(path), f"not valid YAML ({problem})") from None
@@ -276,20 +277,25 @@ def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
     defaults = data.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
         raise ScenarioError("defaults", defaults, "must be a mapping")
-    for kind, section in (("mine", "mines"), ("processor", "processors"), ("buyer", "buyers"),
-                          ("project", "projects")):
+    for kind, section in (
+        ("mine", "mines"),
+        ("processor", "processors"),
+        ("buyer", "buyers"),
+        ("project", "projects"),
+    ):
         base = defaults.pop(kind, None)
         if base is None:
             continue
         entries = data.get(section)
         if isinstance(base, dict) and isinstance(entries, list):
-            data[section] = [
-                _deep_merge(base, e) if isinstance(e, dict) else e for e in entries
-            ]
+            data[section] = [_deep_merge(base, e) if isinstance(e, dict) else e for e in entries]
     if defaults:
         key = next(iter(defaults))
-        raise ScenarioError(f"defaults.{key}", defaults[key],
-                            "unknown defaults section (mine, processor, buyer, project)")
+        raise ScenarioError(
+            f"defaults.{key}",
+            defaults[key],
+            "unknown defaults section (mine, processor, buyer, project)",
+        )
     return data
 
 
@@ -409,8 +415,9 @@ def _check_cross_fields(s: Scenario) -> None:
     for i, o in enumerate(s.transport.overrides):
         for attr in ("origin", "destination"):
             if getattr(o, attr) not in known:
-                raise ScenarioError(f"transport.overrides.{i}.{attr}", getattr(o, attr),
-                                    "unknown country")
+                raise ScenarioError(
+                    f"transport.overrides.{i}.{attr}", getattr(o, attr), "unknown country"
+                )
     for section in ("mining_quota_t_per_yr", "separation_quota_t_per_yr"):
         for country, quota in getattr(s, section).items():
             if country not in known:
@@ -419,8 +426,11 @@ def _check_cross_fields(s: Scenario) -> None:
                 raise ScenarioError(f"{section}.{country}", quota, "must be >= 0 and finite")
     for product, price in s.initial_prices_usd_per_kg.items():
         if product not in s.products:
-            raise ScenarioError(f"initial_prices_usd_per_kg.{product}", price,
-                                f"unknown product (known: {', '.join(s.products)})")
+            raise ScenarioError(
+                f"initial_prices_usd_per_kg.{product}",
+                price,
+                f"unknown product (known: {', '.join(s.products)})",
+            )
         if not price > 0:
             raise ScenarioError(f"initial_prices_usd_per_kg.{product}", price, "must be > 0")
     for product in s.products:
@@ -444,8 +454,11 @@ def _check_cross_fields(s: Scenario) -> None:
 def _check_elements(s: Scenario, shares: dict[str, float], where: str, partial: bool) -> None:
     for element in shares:
         if element not in s.elements:
-            raise ScenarioError(f"{where}.{element}", shares[element],
-                                f"unknown element (known: {', '.join(s.elements)})")
+            raise ScenarioError(
+                f"{where}.{element}",
+                shares[element],
+                f"unknown element (known: {', '.join(s.elements)})",
+            )
     if not partial and abs(sum(shares.values()) - 1.0) > 1e-6:
         raise ScenarioError(where, shares, f"shares sum to {sum(shares.values()):.6g}, not 1")
 
@@ -457,16 +470,25 @@ def _check_entry(s: Scenario, section: str, where: str, entry: Any) -> None:
     elif stage == "separation":
         _check_elements(s, entry.recovery, f"{where}.recovery", partial=True)
         if not entry.recovery:
-            raise ScenarioError(f"{where}.recovery", entry.recovery,
-                                "a separation plant needs a recovery share per element")
+            raise ScenarioError(
+                f"{where}.recovery",
+                entry.recovery,
+                "a separation plant needs a recovery share per element",
+            )
     elif stage == "magnet" and s.magnet is None:
         raise ScenarioError(f"{where}.stage", "magnet", "the scenario has no magnet stage")
     elif stage == "buyer" and entry.product not in s.products[1:]:
-        raise ScenarioError(f"{where}.product", entry.product,
-                            f"unknown product (known: {', '.join(s.products[1:])})")
+        raise ScenarioError(
+            f"{where}.product",
+            entry.product,
+            f"unknown product (known: {', '.join(s.products[1:])})",
+        )
     if stage == "buyer" and entry.reservation_price_usd_per_kg < entry.reference_price_usd_per_kg:
-        raise ScenarioError(f"{where}.reservation_price_usd_per_kg",
-                            entry.reservation_price_usd_per_kg, "below the reference price")
+        raise ScenarioError(
+            f"{where}.reservation_price_usd_per_kg",
+            entry.reservation_price_usd_per_kg,
+            "below the reference price",
+        )
 
 
 def _check_suppliers(s: Scenario) -> None:
@@ -479,13 +501,19 @@ def _check_suppliers(s: Scenario) -> None:
             sold.add("magnet")
     for i, buyer in enumerate(s.buyers):
         if buyer.product not in sold:
-            raise ScenarioError(f"buyers.{i}.product", buyer.product,
-                                f"buyer '{buyer.name}' has no possible supplier")
+            raise ScenarioError(
+                f"buyers.{i}.product",
+                buyer.product,
+                f"buyer '{buyer.name}' has no possible supplier",
+            )
     stages = {p.stage for p in [*s.processors, *s.projects]}
     if "separation" in stages and not s.mines and not any(p.stage == "mine" for p in s.projects):
         raise ScenarioError("mines", [], "separation plants have no concentrate seller")
     if "magnet" in stages and s.magnet is not None:
         missing = [e for e in s.magnet.recipe_t_per_t if f"oxide:{e}" not in sold]
         if missing:
-            raise ScenarioError("magnet.recipe_t_per_t", missing[0],
-                                "no separation plant produces this magnet input")
+            raise ScenarioError(
+                "magnet.recipe_t_per_t",
+                missing[0],
+                "no separation plant produces this magnet input",
+            )

@@ -272,12 +272,14 @@ def build_world(s: Scenario) -> World:
             for e in s.elements:
                 if rec.get(e, 0.0) > 0:
                     output_rows[i, p_index[f"oxide:{e}"]] = add_row(
-                        f"oxide:{e}", PROCESSOR, i, OUTPUT, c)
+                        f"oxide:{e}", PROCESSOR, i, OUTPUT, c
+                    )
         else:
             for e in s.elements:
                 if recipe[e_index[e]] > 0:
                     input_rows[i, p_index[f"oxide:{e}"]] = add_row(
-                        f"oxide:{e}", PROCESSOR, i, INPUT, c)
+                        f"oxide:{e}", PROCESSOR, i, INPUT, c
+                    )
             output_rows[i, p_index["magnet"]] = add_row("magnet", PROCESSOR, i, OUTPUT, c)
 
     is_project = np.array([i >= len(s.mines) + len(s.processors) for i in range(n_prod)])
@@ -288,14 +290,24 @@ def build_world(s: Scenario) -> World:
                 return float(getattr(entry, attr))
         raise AssertionError("producer without a cost")
 
-    status = np.array([
-        PLANNED if proj else (OPERATING if e.status == "operating" else IDLE)
-        for (e, _), proj in zip(entries, is_project, strict=True)
-    ])
-    capacity = np.array([0.0 if proj else e.capacity_t_per_yr
-                         for (e, _), proj in zip(entries, is_project, strict=True)])
-    pending = np.array([e.capacity_t_per_yr if proj else 0.0
-                        for (e, _), proj in zip(entries, is_project, strict=True)])
+    status = np.array(
+        [
+            PLANNED if proj else (OPERATING if e.status == "operating" else IDLE)
+            for (e, _), proj in zip(entries, is_project, strict=True)
+        ]
+    )
+    capacity = np.array(
+        [
+            0.0 if proj else e.capacity_t_per_yr
+            for (e, _), proj in zip(entries, is_project, strict=True)
+        ]
+    )
+    pending = np.array(
+        [
+            e.capacity_t_per_yr if proj else 0.0
+            for (e, _), proj in zip(entries, is_project, strict=True)
+        ]
+    )
     producers = Producers(
         names=[e.name for e, _ in entries],
         stage=np.array([stage_code[st] for _, st in entries]),
@@ -304,29 +316,39 @@ def build_world(s: Scenario) -> World:
         capacity_t_per_yr=capacity,
         pending_capacity_t_per_yr=pending,
         online_tick=np.full(n_prod, -1, dtype=np.int64),
-        ramp_ticks=np.array([
-            round(getattr(e, "ramp_up_years", 0.0) * 12 / scale) for e, _ in entries]),
-        ramp_start_tick=np.full(n_prod, -10**9, dtype=np.int64),
+        ramp_ticks=np.array(
+            [round(getattr(e, "ramp_up_years", 0.0) * 12 / scale) for e, _ in entries]
+        ),
+        ramp_start_tick=np.full(n_prod, -(10**9), dtype=np.int64),
         unit_cost_usd_per_kg=np.array([entry_cost(e) for e, _ in entries]),
         composition=np.array([shares(getattr(e, "composition", {})) for e, _ in entries]),
         recovery=np.array([shares(getattr(e, "recovery", {})) for e, _ in entries]),
         capex_usd_million=np.array([getattr(e, "capex_usd_million", 0.0) for e, _ in entries]),
-        earliest_tick=np.array([
-            round((month_index(e.earliest_start) - start) / scale) if proj else 0
-            for (e, _), proj in zip(entries, is_project, strict=True)]),
-        lead_ticks=np.array([
-            round(getattr(e, "lead_time_years", 0.0) * 12 / scale) for e, _ in entries]),
+        earliest_tick=np.array(
+            [
+                round((month_index(e.earliest_start) - start) / scale) if proj else 0
+                for (e, _), proj in zip(entries, is_project, strict=True)
+            ]
+        ),
+        lead_ticks=np.array(
+            [round(getattr(e, "lead_time_years", 0.0) * 12 / scale) for e, _ in entries]
+        ),
         life_years=np.array([getattr(e, "life_years", 20.0) for e, _ in entries]),
         discount_rate=np.array([getattr(e, "discount_rate", 0.1) for e, _ in entries]),
         is_project=is_project,
-        initial_utilisation=np.array([0.0 if proj else e.utilisation
-                                      for (e, _), proj in zip(entries, is_project, strict=True)]),
+        initial_utilisation=np.array(
+            [
+                0.0 if proj else e.utilisation
+                for (e, _), proj in zip(entries, is_project, strict=True)
+            ]
+        ),
         output_rows=output_rows,
         input_rows=input_rows,
     )
 
-    buyer_rows = [add_row(b.product, BUYER, j, INPUT, c_index[b.country])
-                  for j, b in enumerate(s.buyers)]
+    buyer_rows = [
+        add_row(b.product, BUYER, j, INPUT, c_index[b.country]) for j, b in enumerate(s.buyers)
+    ]
     B = s.buyers
     buyers = Buyers(
         names=[b.name for b in B],
@@ -405,11 +427,22 @@ def _build_stocks(
         attrs[r, layout.touched_cn] = float(c == china)
     ask = prices[product].astype(float)
     return Stocks(
-        product=product, owner_kind=kind, owner=owner, role=role, country=country,
-        qty_t=np.zeros(n), attrs=attrs, ask_usd_per_kg=ask.copy(),
-        expected_price_usd_per_kg=ask.copy(), cost_floor_usd_per_kg=np.zeros(n),
-        orders_t=np.zeros(n), available_t=np.zeros(n), sold_t=np.zeros(n),
-        bought_t=np.zeros(n), desired_t=np.zeros(n), expected_sales_t=np.zeros(n),
+        product=product,
+        owner_kind=kind,
+        owner=owner,
+        role=role,
+        country=country,
+        qty_t=np.zeros(n),
+        attrs=attrs,
+        ask_usd_per_kg=ask.copy(),
+        expected_price_usd_per_kg=ask.copy(),
+        cost_floor_usd_per_kg=np.zeros(n),
+        orders_t=np.zeros(n),
+        available_t=np.zeros(n),
+        sold_t=np.zeros(n),
+        bought_t=np.zeros(n),
+        desired_t=np.zeros(n),
+        expected_sales_t=np.zeros(n),
     )
 
 
@@ -424,8 +457,13 @@ def _transport_tables(s: Scenario, layout: Layout) -> tuple[np.ndarray, np.ndarr
     t = s.transport
     for i in range(n):
         for j in range(n):
-            cls = (t.domestic if i == j else
-                   t.regional if regions[i] == regions[j] else t.intercontinental)
+            cls = (
+                t.domestic
+                if i == j
+                else t.regional
+                if regions[i] == regions[j]
+                else t.intercontinental
+            )
             cost[i, j] = cls.cost_usd_per_kg
             lead[i, j] = round(cls.lead_time_months * per_tick)
     for o in t.overrides:
@@ -449,8 +487,10 @@ def _build_edges(
         b_grid, s_grid = np.meshgrid(buy, sell, indexing="ij")
         b_flat, s_flat = b_grid.ravel(), s_grid.ravel()
         # a plant never buys its own output (none of the recipes here would allow it anyway)
-        keep = ~((stocks.owner_kind[s_flat] == stocks.owner_kind[b_flat])
-                 & (stocks.owner[s_flat] == stocks.owner[b_flat]))
+        keep = ~(
+            (stocks.owner_kind[s_flat] == stocks.owner_kind[b_flat])
+            & (stocks.owner[s_flat] == stocks.owner[b_flat])
+        )
         sellers_all.append(s_flat[keep])
         buyers_all.append(b_flat[keep])
         n = int(keep.sum())
@@ -461,9 +501,16 @@ def _build_edges(
     n_edges = len(seller)
     origin, dest = stocks.country[seller], stocks.country[buyer]
     return Edges(
-        seller=seller, buyer=buyer, product=stocks.product[seller],
-        transport_usd_per_kg=cost_table[origin, dest], lead_ticks=lead_table[origin, dest],
-        tariff=np.zeros(n_edges), duty=np.zeros(n_edges), levy_usd_per_kg=np.zeros(n_edges),
-        allowed=np.ones(n_edges, dtype=bool), flow_t=np.zeros(n_edges),
-        last_flow_t=np.zeros(n_edges), market_slices=slices,
+        seller=seller,
+        buyer=buyer,
+        product=stocks.product[seller],
+        transport_usd_per_kg=cost_table[origin, dest],
+        lead_ticks=lead_table[origin, dest],
+        tariff=np.zeros(n_edges),
+        duty=np.zeros(n_edges),
+        levy_usd_per_kg=np.zeros(n_edges),
+        allowed=np.ones(n_edges, dtype=bool),
+        flow_t=np.zeros(n_edges),
+        last_flow_t=np.zeros(n_edges),
+        market_slices=slices,
     )

@@ -9,8 +9,19 @@ from __future__ import annotations
 import math
 
 
-def clear_reference(cost, seller, buyer, eligible, compliant, demand, min_compliant, available,
-                    beta, price_scale, rounds):
+def clear_reference(
+    cost,
+    seller,
+    buyer,
+    eligible,
+    compliant,
+    demand,
+    min_compliant,
+    available,
+    beta,
+    price_scale,
+    rounds,
+):
     n_edges = len(cost)
     left = [float(a) for a in available]
     want = [[d * m, d - d * m] for d, m in zip(demand, min_compliant, strict=True)]
@@ -23,8 +34,11 @@ def clear_reference(cost, seller, buyer, eligible, compliant, demand, min_compli
         placed = [[0.0, 0.0] for _ in range(n_edges)]
         for b, edges in edges_of.items():
             for tranche in (0, 1):
-                usable = [e for e in edges if eligible[e] and left[seller[e]] > 1e-12
-                          and (tranche == 1 or compliant[e])]
+                usable = [
+                    e
+                    for e in edges
+                    if eligible[e] and left[seller[e]] > 1e-12 and (tranche == 1 or compliant[e])
+                ]
                 if not usable or want[b][tranche] <= 0:
                     continue
                 best = min(cost[e] for e in usable)

@@ -21,9 +21,14 @@ def check_invariants(model: RareEarthModel) -> None:
     assert abs(model.mass_balance_error_t()) <= 1e-9 * scale_t, model.tick
     flows = abs(model.accounts["operating_costs"]) + abs(w.buyers.cash_usd_million).sum() + 1.0
     assert abs(model.money_balance_error_usd_million()) <= 1e-9 * flows, model.tick
-    for name, values in (("qty", s.qty_t), ("transit", w.transit_t), ("ask", s.ask_usd_per_kg),
-                         ("expected", s.expected_price_usd_per_kg), ("attrs", s.attrs),
-                         ("capacity", w.producers.capacity_t_per_yr)):
+    for name, values in (
+        ("qty", s.qty_t),
+        ("transit", w.transit_t),
+        ("ask", s.ask_usd_per_kg),
+        ("expected", s.expected_price_usd_per_kg),
+        ("attrs", s.attrs),
+        ("capacity", w.producers.capacity_t_per_yr),
+    ):
         assert np.all(np.isfinite(values)), (name, model.tick)
         assert np.all(values >= 0), (name, model.tick)
     held = s.qty_t > 0

@@ -13,20 +13,41 @@ SMALL = CONFIGS / "tests" / "small.yaml"
 
 
 def abm(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "abm.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "abm.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_run_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "runs"
-    done = abm("run", str(SMALL), "--seed", "4", "--ticks", "12", "--set",
-               "market.logit_beta=10", "--out", str(out), "--no-progress")
+    done = abm(
+        "run",
+        str(SMALL),
+        "--seed",
+        "4",
+        "--ticks",
+        "12",
+        "--set",
+        "market.logit_beta=10",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert done.returncode == 0, done.stderr
     (folder,) = out.iterdir()
     assert folder.name.endswith("_small")
     names = {p.name for p in folder.iterdir()}
-    assert names == {"manifest.json", "config.yaml", "metrics.parquet", "flows.parquet",
-                     "summary.png"}
+    assert names == {
+        "manifest.json",
+        "config.yaml",
+        "metrics.parquet",
+        "flows.parquet",
+        "summary.png",
+    }
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == 4
     assert manifest["config"]["market"]["logit_beta"] == 10
@@ -39,14 +60,17 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert set(flows["tick"]) == set(range(1, 13)) and (flows["flow_t"] > 0).all()
 
 
-@pytest.mark.parametrize("args", [
-    ["--set", "mines.0.capacity_t_per_yr=-1"],
-    ["--set", "typo_key=1"],
-    ["--set", "ticks=abc"],
-    ["--set", "buyers.0.product=oxide:XX"],
-    ["--set", "nonsense"],
-    ["--ticks", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "mines.0.capacity_t_per_yr=-1"],
+        ["--set", "typo_key=1"],
+        ["--set", "ticks=abc"],
+        ["--set", "buyers.0.product=oxide:XX"],
+        ["--set", "nonsense"],
+        ["--ticks", "0"],
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args):
     out = tmp_path / "runs"
     done = abm("run", str(SMALL), "--out", str(out), *args)

@@ -50,5 +50,10 @@ def test_agents_network_and_metrics_api():
     assert data["through_china"] and data["lead_time_ticks"] >= 0
     assert sum(d["flow_t"] for *_, d in graph.edges(data=True)) > 0
     frame = model.datacollector.get_model_vars_dataframe()
-    assert {"price_export_fob_oxide_NdPr", "dependency_processed_cn_alliance",
-            "hhi_separation", "shortage_alliance", "capacity_magnets_alliance"} <= set(frame)
+    assert {
+        "price_export_fob_oxide_NdPr",
+        "dependency_processed_cn_alliance",
+        "hhi_separation",
+        "shortage_alliance",
+        "capacity_magnets_alliance",
+    } <= set(frame)

@@ -11,8 +11,9 @@ SMALL = CONFIGS / "tests" / "small.yaml"
 
 def test_extends_merges_mappings_and_overrides_win(tmp_path):
     child = tmp_path / "child.yaml"
-    child.write_text(yaml.safe_dump({
-        "extends": str(SMALL), "name": "child", "market": {"logit_beta": 3.0}}))
+    child.write_text(
+        yaml.safe_dump({"extends": str(SMALL), "name": "child", "market": {"logit_beta": 3.0}})
+    )
     s = load_scenario(child, ["market.rationing_rounds=5", "mines.cn_mine.capacity_t_per_yr=1e3"])
     assert s.name == "child"
     assert s.market.logit_beta == 3.0 and s.market.rationing_rounds == 5
