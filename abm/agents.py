@@ -26,6 +26,7 @@ from abm.world import (
     CLOSED,
     CONSTRUCTION,
     IDLE,
+    NEVER,
     OPERATING,
     PLANNED,
     STATUS,
@@ -124,7 +125,9 @@ class Producer(mesa.Agent):
                 c = w.layout.countries.index(country)
                 mask = (p.stage == stage) & (p.country == c)
                 total = cap[mask].sum()
-                allowed = quota / model.config.ticks_per_year
+                growth = model.config.quota_growth_per_yr.get(country, 0.0)
+                years = max(model.tick, 0) / model.config.ticks_per_year
+                allowed = quota * (1 + growth) ** years / model.config.ticks_per_year
                 if total > allowed:
                     cap[mask] *= allowed / total
         return cap
@@ -214,6 +217,7 @@ class Producer(mesa.Agent):
         new = due & (p.status == CONSTRUCTION)
         p.capacity_t_per_yr = p.capacity_t_per_yr + np.where(due, p.pending_capacity_t_per_yr, 0)
         p.pending_capacity_t_per_yr = np.where(due, 0.0, p.pending_capacity_t_per_yr)
+        p.online_tick = np.where(due, NEVER, p.online_tick)
         p.ramp_start_tick = np.where(new, model.tick, p.ramp_start_tick)
         p.status = np.where(new, OPERATING, p.status)
         model.entries_total += int(new.sum())

@@ -64,6 +64,7 @@ class RareEarthModel(mesa.Model):
         self.expected_market_price = self.world.reference_price.copy()
         self.typical_ore_composition = self._typical_ore()
         self.concentrate_price_per_basket_value = self._initial_netback()
+        self._price_scale = self._logit_price_scale()
         self.producer_agents = [
             (Mine if stage == 0 else Processor)(self, i)
             for i, stage in enumerate(self.world.producers.stage)
@@ -165,6 +166,17 @@ class RareEarthModel(mesa.Model):
         weights = np.maximum(p.capacity_t_per_yr[mines], 1e-9)
         return (p.composition[mines] * weights[:, None]).sum(axis=0) / weights.sum()
 
+    def _logit_price_scale(self) -> np.ndarray:
+        """Per product: the price that makes the logit's β dimensionless.
+
+        Each product's initial price; for concentrate, whose offers are ranked by margin, the
+        oxide value of the typical ore at initial prices (the scale margins vary on).
+        """
+        n_e = len(self.world.layout.elements)
+        scale = self.world.reference_price.copy()
+        scale[0] = self.typical_ore_composition @ self.world.reference_price[1 : 1 + n_e]
+        return scale
+
     def _initial_netback(self) -> float:
         """Initial concentrate price per US$ of contained oxide value."""
         n_e = len(self.world.layout.elements)
@@ -191,6 +203,10 @@ class RareEarthModel(mesa.Model):
         coef = np.ones(len(w.products))
         coef[1 : 1 + n_e] = np.where(w.magnet_recipe > 0, w.magnet_recipe, 1.0)
         has_in = p.input_rows >= 0
+        concentrate_in = p.input_rows[:, 0][p.input_rows[:, 0] >= 0]
+        s.attrs[np.ix_(concentrate_in, np.arange(w.layout.width)[w.layout.composition])] = (
+            self.typical_ore_composition
+        )
         s.qty_t[p.input_rows[has_in]] = (
             self.months_to_ticks(cfg.input_cover_months) * cap[:, None] * coef
         )[has_in]

@@ -83,7 +83,7 @@ class MarketParams(_Strict):
     """Parameters of clearing (§7.1) and price formation (§7.2)."""
 
     logit_beta: float = Field(8.0, gt=0, description="dimensionless price sensitivity")
-    rationing_rounds: int = Field(3, ge=1, le=50)
+    rationing_rounds: int = Field(10, ge=1, le=50)
     price_adjustment: float = Field(0.1, ge=0, le=2, description="κ per tick")
     loss_tolerance: float = Field(0.9, ge=0, le=1, description="ask floor as share of cost")
     expectation_smoothing: float = Field(0.3, gt=0, le=1, description="weight of the new price")
@@ -213,6 +213,9 @@ class Scenario(_Strict):
     investment: Investment = Investment()
     mining_quota_t_per_yr: dict[str, float] = Field(default_factory=dict)
     separation_quota_t_per_yr: dict[str, float] = Field(default_factory=dict)
+    quota_growth_per_yr: dict[str, float] = Field(
+        default_factory=dict, description="yearly growth of a country's quotas (compounded)"
+    )
     mines: list[Mine] = Field(min_length=1)
     processors: list[Processor] = Field(min_length=1)
     buyers: list[Buyer] = Field(min_length=1)
@@ -240,7 +243,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ScenarioError("file", str(path), f"larger than {MAX_FILE_BYTES} bytes")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         problem = str(err).replace("\n", " ")
         raise ScenarioError("file", str(path), f"not valid YAML ({problem})") from None
@@ -424,6 +427,11 @@ def _check_cross_fields(s: Scenario) -> None:
                 raise ScenarioError(f"{section}.{country}", country, "unknown country")
             if quota < 0 or not math.isfinite(quota):
                 raise ScenarioError(f"{section}.{country}", quota, "must be >= 0 and finite")
+    for country, growth in s.quota_growth_per_yr.items():
+        if country not in known:
+            raise ScenarioError(f"quota_growth_per_yr.{country}", country, "unknown country")
+        if not -0.5 <= growth <= 1.0:
+            raise ScenarioError(f"quota_growth_per_yr.{country}", growth, "must lie in [-0.5, 1]")
     for product, price in s.initial_prices_usd_per_kg.items():
         if product not in s.products:
             raise ScenarioError(
@@ -483,6 +491,14 @@ def _check_entry(s: Scenario, section: str, where: str, entry: Any) -> None:
             entry.product,
             f"unknown product (known: {', '.join(s.products[1:])})",
         )
+    if stage == "buyer":
+        initial = s.initial_prices_usd_per_kg.get(entry.product)
+        if initial and not initial / 10 <= entry.reference_price_usd_per_kg <= initial * 10:
+            raise ScenarioError(
+                f"{where}.reference_price_usd_per_kg",
+                entry.reference_price_usd_per_kg,
+                f"more than 10x away from the initial {entry.product} price ({initial:g})",
+            )
     if stage == "buyer" and entry.reservation_price_usd_per_kg < entry.reference_price_usd_per_kg:
         raise ScenarioError(
             f"{where}.reservation_price_usd_per_kg",

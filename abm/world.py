@@ -28,6 +28,7 @@ MINE, PROCESSOR, BUYER = 0, 1, 2
 OUTPUT, INPUT = 0, 1
 STATUS = ("planned", "construction", "operating", "idle", "closed")
 PLANNED, CONSTRUCTION, OPERATING, IDLE, CLOSED = range(5)
+NEVER = np.iinfo(np.int64).max  # tick of capacity that is not scheduled to come online
 
 
 @dataclass
@@ -315,7 +316,7 @@ def build_world(s: Scenario) -> World:
         status=status,
         capacity_t_per_yr=capacity,
         pending_capacity_t_per_yr=pending,
-        online_tick=np.full(n_prod, -1, dtype=np.int64),
+        online_tick=np.full(n_prod, NEVER, dtype=np.int64),
         ramp_ticks=np.array(
             [round(getattr(e, "ramp_up_years", 0.0) * 12 / scale) for e, _ in entries]
         ),

@@ -84,3 +84,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args):
 def test_missing_file_exits_2(tmp_path):
     done = abm("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "runs"))
     assert done.returncode == 2 and "no such scenario file" in done.stderr
+
+
+def test_buyer_without_supplier_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "runs"
+    done = abm(
+        "run",
+        str(SMALL),
+        "--out",
+        str(out),
+        "--set",
+        "processors.2.stage=separation",
+        "--set",
+        "processors.3.stage=separation",
+        "--set",
+        "processors.2.recovery={NdPr: 0.9}",
+        "--set",
+        "processors.3.recovery={NdPr: 0.9}",
+    )
+    assert done.returncode == 2
+    assert "no possible supplier" in done.stderr and "buyers.0.product" in done.stderr
+    assert not out.exists()
