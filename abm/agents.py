@@ -34,6 +34,7 @@ from abm.world import (
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
+    from abm.world import Producers
 
 KG_PER_T = 1000.0
 USD_MILLION = 1e6
@@ -51,7 +52,7 @@ class Producer(mesa.Agent):
         self.name: str = model.world.producers.names[index]
 
     @property
-    def _p(self):
+    def _p(self) -> Producers:
         return self.model.world.producers
 
     @property
@@ -197,17 +198,9 @@ class Producer(mesa.Agent):
         p.capacity_t_per_yr = np.where(close, 0.0, p.capacity_t_per_yr)
         p.pending_capacity_t_per_yr = np.where(close, 0.0, p.pending_capacity_t_per_yr)
         model.exits_total += int(close.sum())
-        price = np.maximum(Producer.unit_price(model), 1e-9)
+        price = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)  # expected unit revenue
         w = model.config.market.expectation_smoothing
         p.margin_history = (1 - w) * p.margin_history + w * own / price
-
-    @staticmethod
-    def unit_price(model: RareEarthModel) -> np.ndarray:
-        """Per producer: expected revenue per kg of its capacity unit (US$/kg)."""
-        return (
-            Producer.unit_margin(model, market_view=False)
-            + model.world.producers.unit_cost_usd_per_kg
-        )
 
     @staticmethod
     def commission(model: RareEarthModel) -> None:

@@ -114,8 +114,9 @@ def _consumption_value_weights(model: RareEarthModel) -> np.ndarray:
 def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
     """Share of a bloc's consumption (by value at reference prices) with a Chinese link.
 
-    Kinds: ``processed`` (processed in CN at any stage), ``mined`` (mined in CN), ``route``
-    (mined or processed in CN: the route touched China).
+    Kinds: ``separated`` (separated into oxides in CN), ``processed`` (processed in CN at any
+    stage: separation or magnet making), ``mined`` (mined in CN), ``route`` (mined or
+    processed in CN: the route touched China).
     """
     w = model.world
     b = w.buyers
@@ -127,6 +128,8 @@ def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
         linked = attr_mass[:, w.layout.processed_cn]
     elif kind == "route":
         linked = attr_mass[:, w.layout.touched_cn]
+    elif kind == "separated":
+        linked = provenance.separated_in(attr_mass, w.layout, w.china)
     else:
         linked = provenance.mined_in(attr_mass, w.layout, w.china)
     total = (weight * consumed).sum()
@@ -278,7 +281,8 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
         )
     for b, bloc in enumerate(BLOCS):
         for kind, text in (
-            ("processed", "processed in China at any stage"),
+            ("separated", "separated into oxides in China"),
+            ("processed", "processed in China at any stage (separation or magnets)"),
             ("mined", "mined in China"),
             ("route", "whose route touched China (mined or processed)"),
         ):

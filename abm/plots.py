@@ -58,9 +58,9 @@ def summary_figure(result: Result) -> Figure:
         column = f"dependency_processed_cn_{bloc}"
         if column in m:
             ax.plot(x, 100 * m[column], color=colour, label=f"{bloc}: processed in CN")
-        column = f"dependency_route_cn_{bloc}"
+        column = f"dependency_separated_cn_{bloc}"
         if column in m:
-            ax.plot(x, 100 * m[column], ":", color=colour, label=f"{bloc}: route via CN")
+            ax.plot(x, 100 * m[column], ":", color=colour, label=f"{bloc}: separated in CN")
     ax.set(
         title="Dependency on China (share of consumption value)",
         xlabel="tick (month)",

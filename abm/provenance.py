@@ -89,6 +89,11 @@ def mined_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     return origin_matrix(attrs, layout)[..., country, :].sum(axis=-1)
 
 
+def separated_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
+    """Share of each lot separated into oxides in ``country``."""
+    return origin_matrix(attrs, layout)[..., :, country].sum(axis=-1)
+
+
 def compliant_share(attrs: np.ndarray, layout: Layout) -> np.ndarray:
     """Share of each lot to which no Chinese mine or processor contributed."""
     return 1.0 - attrs[..., layout.touched_cn]

@@ -1,4 +1,4 @@
-"""Write docs/metrics.md, the metric glossary, from abm.metrics (run: python scripts/make_glossary.py)."""
+"""Write docs/metrics.md, the metric glossary, from abm.metrics."""
 
 from pathlib import Path
 
