@@ -475,7 +475,7 @@ class RareEarthModel(mesa.Model):
         """Sellers move asks with excess demand (§7.2); expectations follow (smoothing)."""
         w, s, cfg = self.world, self.world.stocks, self.config.market
         out = np.flatnonzero(s.role == OUTPUT)
-        floor = cfg.loss_tolerance * self._cost_floor(out)
+        floor = (1.0 - cfg.loss_tolerance) * self._cost_floor(out)
         ask = market.adjust_asks(
             s.ask_usd_per_kg[out], s.orders_t[out], s.available_t[out], cfg.price_adjustment, floor
         )

@@ -85,7 +85,9 @@ class MarketParams(_Strict):
     logit_beta: float = Field(8.0, gt=0, description="dimensionless price sensitivity")
     rationing_rounds: int = Field(10, ge=1, le=50)
     price_adjustment: float = Field(0.1, ge=0, le=2, description="κ per tick")
-    loss_tolerance: float = Field(0.9, ge=0, le=1, description="ask floor as share of cost")
+    loss_tolerance: float = Field(
+        0.1, ge=0, le=1, description="share of unit cost a seller's ask may fall below it"
+    )
     expectation_smoothing: float = Field(0.3, gt=0, le=1, description="weight of the new price")
     stock_cover_months: float = Field(3.0, gt=0, description="sellers' maximum output stock")
     input_cover_months: float = Field(1.0, ge=0, description="processors' input stock target")
