@@ -120,6 +120,7 @@ class Producer(mesa.Agent):
             1.0,
         )
         cap = per_tick * np.clip(ramp, 0.0, 1.0) * (p.status == OPERATING)
+        cap = cap * model.policy.capacity_factor  # outages
         quotas = {0: model.config.mining_quota_t_per_yr, 1: model.config.separation_quota_t_per_yr}
         for stage, by_country in quotas.items():
             for country, quota in by_country.items():
@@ -516,7 +517,14 @@ class Buyer(mesa.Agent):
         )
         price_response = np.minimum(np.maximum(ratio, 1e-6) ** -b.elasticity, 2.0)
         growth = (1 + b.growth_rate_per_yr) ** years
-        b.need_t = b.base_demand_t_per_yr / tpy * growth * price_response * b.substitution_factor
+        b.need_t = (
+            b.base_demand_t_per_yr
+            / tpy
+            * growth
+            * price_response
+            * b.substitution_factor
+            * model.policy.demand_factor
+        )
 
     @staticmethod
     def plan_orders(model: RareEarthModel) -> None:

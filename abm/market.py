@@ -94,6 +94,8 @@ def clear(
     beta: float,
     price_scale: np.ndarray,
     rounds: int,
+    group: np.ndarray | None = None,
+    group_cap: np.ndarray | None = None,
 ) -> Clearing:
     """Route orders by logit choice, ration oversubscribed sellers proportionally, re-send.
 
@@ -114,6 +116,9 @@ def clear(
         beta: logit sensitivity.
         price_scale: per buyer reference price.
         rounds: number of order rounds (>= 1).
+        group: per edge, export-control group or -1 (optional).
+        group_cap: per group, tonnes that may still pass (updated in place); orders beyond it
+            are rationed proportionally, like a seller's stock.
 
     Returns:
         Flows per edge, orders per seller and unmet demand per buyer. Flows never exceed what a
@@ -138,14 +143,28 @@ def clear(
             break
         orders += received
         fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
+        edge_fill = fill[seller]  # per edge
+        if group is not None and group_cap is not None and len(group_cap):
+            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, group, group_cap)
         for want, placed in ((want_compliant, tranche_orders[0]), (want_any, tranche_orders[1])):
-            got = placed * fill[seller]  # per edge
+            got = placed * edge_fill  # per edge
             flow += got
             want -= np.bincount(buyer, got, minlength=n_buyers)
             np.maximum(want, 0.0, out=want)
-        left -= np.bincount(seller, edge_orders * fill[seller], minlength=n_sellers)
+        left -= np.bincount(seller, edge_orders * edge_fill, minlength=n_sellers)
         np.maximum(left, 0.0, out=left)
     return Clearing(flow=flow, orders=orders, unmet=want_compliant + want_any)
+
+
+def _ration_groups(
+    passing: np.ndarray, edge_fill: np.ndarray, group: np.ndarray, group_cap: np.ndarray
+) -> np.ndarray:
+    """Scale fills so each group's passing tonnes stay within its cap (cap updated in place)."""
+    grouped = group >= 0
+    wanted = np.bincount(group[grouped], passing[grouped], minlength=len(group_cap))
+    scale = np.where(wanted > group_cap, group_cap / np.where(wanted > 0, wanted, 1.0), 1.0)
+    group_cap -= np.minimum(wanted, group_cap)
+    return np.where(grouped, edge_fill * scale[np.maximum(group, 0)], edge_fill)
 
 
 def adjust_asks(

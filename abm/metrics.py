@@ -366,6 +366,8 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
         ("duty_revenue", "Export duty revenue (China)."),
         ("levy_revenue", "Border levy revenue (alliance)."),
         ("floor_subsidy", "Price-floor subsidy paid (alliance)."),
+        ("floor_upside", "Upside above the floor taken by the alliance from covered producers."),
+        ("strategic_pricing", "China's budget spent topping up below-cost export prices."),
     )
     for key, text in fiscal:
         add(

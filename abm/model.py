@@ -17,11 +17,24 @@ import numpy as np
 
 from abm import market, metrics, provenance
 from abm.agents import KG_PER_T, Buyer, Mine, Processor, Producer, planned_offer_t
+from abm.policy import PolicyState
 from abm.scenario import Scenario, load_scenario
-from abm.world import BUYER, OPERATING, OUTPUT, World, build_world
+from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, World, build_world
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
 COMPLIANT_TOLERANCE = 1e-9  # a lot is compliant when its China-touched share is below this
+# accounts of the closed money system (US$ M): parties that receive money from producers and
+# buyers, and the public budgets that pay money out to them
+RECEIVED = (
+    "tariff_revenue",
+    "duty_revenue",
+    "levy_revenue",
+    "floor_upside",
+    "transport",
+    "operating_costs",
+    "capital_goods",
+)
+PAID = ("floor_subsidy", "strategic_pricing")
 
 
 @dataclass
@@ -70,6 +83,8 @@ class RareEarthModel(mesa.Model):
             for i, stage in enumerate(self.world.producers.stage)
         ]
         self.buyer_agents = [Buyer(self, j) for j in range(len(self.world.buyers.names))]
+        self.policy = PolicyState(self)
+        self.policy.refresh()
         self._graph = self._build_network()
         self.flow_log: list[dict[str, np.ndarray]] = []
         self._seed_stocks(scenario.market.warmup_ticks)
@@ -112,18 +127,7 @@ class RareEarthModel(mesa.Model):
     # ------------------------------------------------------------------ set-up
 
     def _init_accounts(self) -> None:
-        self.accounts = {
-            name: 0.0
-            for name in (
-                "tariff_revenue",
-                "duty_revenue",
-                "levy_revenue",
-                "floor_subsidy",
-                "transport",
-                "operating_costs",
-                "capital_goods",
-            )
-        }
+        self.accounts = dict.fromkeys(RECEIVED + PAID, 0.0)
         self.mined_t_total = 0.0
         self.separation_losses_t_total = 0.0
         self.consumed_reo_t_total = 0.0
@@ -137,6 +141,7 @@ class RareEarthModel(mesa.Model):
         self.effective_capacity = np.zeros(len(self.world.producers.names))
         self.consumed_attr_t = np.zeros((len(self.world.buyers.names), self.world.layout.width))
         self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
+        self.last_cn_separation_share = 1.0
 
     def _index_market(self, edges: slice) -> _MarketIndex:
         e = self.world.edges
@@ -315,23 +320,26 @@ class RareEarthModel(mesa.Model):
         self.edge_landed = np.zeros_like(e.flow_t)
 
     def _apply_policies(self) -> None:
-        """Edge terms in force: trade with producers that have not been built is not allowed."""
-        w = self.world
-        s, e, p = w.stocks, w.edges, w.producers
-        seller_is_producer = s.owner_kind[e.seller] != BUYER
-        built = p.status[s.owner[e.seller]] != 0  # 0: planned
-        e.allowed = np.where(seller_is_producer, built, True)
+        """Dated events apply or expire; policy rules become edge terms (§6 steps 1–2)."""
+        if not self.warming_up:
+            self.policy.apply_events()
+        self.policy.refresh()
+        self.policy.update_strategic_pricing(1.0 - self.last_cn_separation_share)
 
     def _arrive_shipments(self) -> None:
+        """Shipments due this tick arrive (the transit buffer is a ring over ticks)."""
         w = self.world
-        rows = np.flatnonzero(w.transit_t[0] > 0)
+        slot = self.tick % len(w.transit_t)
+        rows = np.flatnonzero(w.transit_t[slot] > 0)
         provenance.mix_into(
-            w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[0, rows], w.transit_attr_t[0, rows]
+            w.stocks.qty_t,
+            w.stocks.attrs,
+            rows,
+            w.transit_t[slot, rows],
+            w.transit_attr_t[slot, rows],
         )
-        w.transit_t[:-1] = w.transit_t[1:]
-        w.transit_t[-1] = 0.0
-        w.transit_attr_t[:-1] = w.transit_attr_t[1:]
-        w.transit_attr_t[-1] = 0.0
+        w.transit_t[slot] = 0.0
+        w.transit_attr_t[slot] = 0.0
         self.in_transit_t = w.transit_t.sum(axis=0)
 
     def _concentrate_value(self, m: _MarketIndex) -> np.ndarray:
@@ -357,15 +365,20 @@ class RareEarthModel(mesa.Model):
         if sl.stop == sl.start:
             return
         sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
-        ask = s.ask_usd_per_kg[sellers]
+        own_ask = s.ask_usd_per_kg[sellers]
+        ask = own_ask
+        if self.policy.strategic_active:
+            ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
+        compliant = s.attrs[sellers, w.layout.touched_cn] < COMPLIANT_TOLERANCE
+        e.levy_usd_per_kg[sl] = self.policy.border_levy(sl, product, ask, compliant)
         landed = market.landed_cost(
             ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl], e.transport_usd_per_kg[sl], 0.0
         )
-        compliant = s.attrs[sellers, w.layout.touched_cn] < COMPLIANT_TOLERANCE
         premium = np.where(compliant, 0.0, self.row_premium_share[buyers] * ask)
         switching = np.where(e.last_flow_t[sl] > 0, 0.0, self.row_switching[buyers])
         rank = landed + premium + switching
         eligible = e.allowed[sl] & (landed <= self.row_reservation[buyers])
+        eligible &= self.policy.licensed(sl)
         if product == 0:
             value = self._concentrate_value(m)
             rank = rank - value
@@ -379,11 +392,13 @@ class RareEarthModel(mesa.Model):
             eligible,
             compliant,
             s.desired_t[m.buyer_rows],
-            self.row_min_compliant[m.buyer_rows],
+            self.row_min_compliant_in_force(m.buyer_rows),
             available,
             cfg.logit_beta,
-            np.full(len(m.buyer_rows), w.reference_price[product]),
+            np.full(len(m.buyer_rows), self._price_scale[product]),
             cfg.rationing_rounds,
+            group=self.policy.export_group[sl],
+            group_cap=self.policy.quota_left_t,
         )
         flow = result.flow  # per edge
         sold = np.bincount(m.seller_local, flow, minlength=len(m.seller_rows))
@@ -396,9 +411,46 @@ class RareEarthModel(mesa.Model):
         e.flow_t[sl] = flow
         self.edge_ask[sl] = ask
         self.edge_landed[sl] = landed
-        self._ship(sellers, buyers, flow, e.lead_ticks[sl])
+        self._ship(sellers, buyers, flow, e.lead_ticks[sl] + self.policy.extra_lead(sl))
         self._pay(sl, sellers, buyers, flow, ask, landed)
+        self._pay_policy(product, sellers, flow, own_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
+
+    def row_min_compliant_in_force(self, rows: np.ndarray) -> np.ndarray:
+        """Per buyer row: its compliance requirement, raised to the alliance's rule if a member.
+
+        The alliance rule applies to end buyers in alliance countries, not to processors.
+        """
+        w, s = self.world, self.world.stocks
+        rule = self.config.policies.compliance.min_compliant_share
+        member = (s.owner_kind[rows] == BUYER) & (
+            w.country_bloc[s.country[rows]] == BLOCS.index("alliance")
+        )
+        return np.where(
+            member, np.maximum(self.row_min_compliant[rows], rule), self.row_min_compliant[rows]
+        )
+
+    def _pay_policy(
+        self,
+        product: int,
+        sellers: np.ndarray,
+        flow: np.ndarray,
+        own_ask: np.ndarray,
+        ask: np.ndarray,
+        compliant: np.ndarray,
+    ) -> None:
+        """Floor subsidies and upside (alliance), strategic-pricing top-ups (China's budget)."""
+        s = self.world.stocks
+        n_p = len(self.world.producers.names)
+        net, subsidy, upside = self.policy.floor_payments(product, sellers, flow, ask, compliant)
+        self.tick_revenue += np.bincount(s.owner[sellers], net, minlength=n_p)
+        self.tick_fiscal["floor_subsidy"] += subsidy
+        self.tick_fiscal["floor_upside"] += upside
+        topup = flow / KG_PER_T * (own_ask - ask)  # per edge, zero unless strategic pricing
+        if topup.any():
+            self.tick_revenue += np.bincount(s.owner[sellers], topup, minlength=n_p)
+            self.tick_fiscal["strategic_pricing"] += topup.sum()
+            self.policy.strategic_spent_usd_million += topup.sum()
 
     def _ship(
         self, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray, lead: np.ndarray
@@ -414,8 +466,9 @@ class RareEarthModel(mesa.Model):
             this = lead == lead_ticks
             rows, qty = provenance.sum_by(buyers[this], flow[this])
             _, mass = provenance.sum_by(buyers[this], attr_mass[this])
-            w.transit_t[lead_ticks - 1, rows] += qty
-            w.transit_attr_t[lead_ticks - 1, rows] += mass
+            slot = (self.tick + lead_ticks) % len(w.transit_t)
+            w.transit_t[slot, rows] += qty
+            w.transit_attr_t[slot, rows] += mass
         self.in_transit_t = w.transit_t.sum(axis=0)
 
     def _pay(
@@ -563,6 +616,9 @@ class RareEarthModel(mesa.Model):
         p, b = self.world.producers, self.world.buyers
         self.tick_profit = self.tick_revenue - self.tick_purchases - self.tick_opex
         p.cash_usd_million += self.tick_profit
+        share = metrics.china_share(self, 1)
+        if np.isfinite(share):
+            self.last_cn_separation_share = share
         b.cash_usd_million -= self.tick_buyer_spend
         for name, amount in self.tick_fiscal.items():
             self.accounts[name] += amount
@@ -616,14 +672,9 @@ class RareEarthModel(mesa.Model):
     def money_balance_error_usd_million(self) -> float:
         """Sum of every account in the closed money system (zero when money is conserved)."""
         p, b = self.world.producers, self.world.buyers
-        # every account holds what it received; floor subsidies are paid out by the alliance
-        received = sum(v for k, v in self.accounts.items() if k != "floor_subsidy")
-        return float(
-            p.cash_usd_million.sum()
-            + b.cash_usd_million.sum()
-            + received
-            - self.accounts["floor_subsidy"]
-        )
+        received = sum(self.accounts[k] for k in RECEIVED)
+        paid = sum(self.accounts[k] for k in PAID)
+        return float(p.cash_usd_million.sum() + b.cash_usd_million.sum() + received - paid)
 
     def flows_frame(self):
         """Edge flows of every collected tick as a DataFrame (see ``abm.metrics``)."""

@@ -196,6 +196,126 @@ class Magnet(_Strict):
     recipe_t_per_t: dict[str, float]
 
 
+# ---------------------------------------------------------------- policies (MODEL.md §8)
+
+PARTY = "a country code, a bloc ('alliance', 'china', 'other') or 'any'"
+
+
+class Tariff(_Strict):
+    """Ad valorem tariff on imports of a product from an origin into a destination."""
+
+    origin: str = Field(description=PARTY)
+    destination: str = Field(description=PARTY)
+    product: str = Field("any", description="a product name or 'any'")
+    rate: float = Field(ge=0, le=10)
+
+
+class ExportDuty(_Strict):
+    """China's ad valorem export duty on a product (paid on exports, revenue to China)."""
+
+    product: str = "any"
+    rate: float = Field(ge=0, le=10)
+
+
+class ExportControl(_Strict):
+    """China's export quota and/or licensing of a product to a destination."""
+
+    product: str = "any"
+    destination: str = Field("any", description=PARTY)
+    quota_t_per_yr: float | None = Field(None, ge=0, description="cap on exports; None: no cap")
+    approval_probability: float = Field(1.0, ge=0, le=1, description="licence approval per tick")
+    delay_months: int = Field(0, ge=0, le=24, description="extra lead time of licensed exports")
+
+
+class PriceFloor(_Strict):
+    """An alliance minimum price for compliant material of one product."""
+
+    product: str
+    level_usd_per_kg: float = Field(gt=0)
+    mechanism: Literal["price_gap_subsidy", "border_adjusted", "offtake"]
+    upside_share: float = Field(0.0, ge=0, le=1, description="subsidy: alliance share above F")
+    offtake_t_per_yr: float = Field(0.0, ge=0, description="offtake: volume bought at F")
+
+
+class Compliance(_Strict):
+    """Rules of origin for alliance buyers and the ban on allied mines selling to China."""
+
+    min_compliant_share: float = Field(0.0, ge=0, le=1)
+    ban_allied_mines_to_china: bool = False
+
+
+class Preference(_Strict):
+    """In-alliance preference: no tariffs between members, cheaper transport."""
+
+    zero_internal_tariffs: bool = True
+    transport_discount_share: float = Field(0.0, ge=0, le=1)
+
+
+class Reserve(_Strict):
+    """A strategic reserve (Project Vault-like): a buyer and seller on the network."""
+
+    owner: str = Field("alliance", description="a bloc or country code")
+    product: str = "oxide:NdPr"
+    loan_usd_million: float = Field(0.0, ge=0)
+    private_usd_million: float = Field(0.0, ge=0)
+    carrying_cost_per_yr: float = Field(0.05, ge=0, le=1, description="on capital drawn")
+    target_months: float = Field(6.0, ge=0, description="of the owner's consumption")
+    buy_trigger_usd_per_kg: float = Field(gt=0)
+    release_trigger_usd_per_kg: float = Field(gt=0)
+    max_buy_share_per_month: float = Field(0.2, gt=0, le=1, description="of target stock")
+    release_shortage_threshold: float = Field(0.05, ge=0, le=1)
+
+
+class ChinaPricing(_Strict):
+    """China's pricing mode: market (§7.2) or strategic below-cost export pricing."""
+
+    mode: Literal["market", "strategic"] = "market"
+    trigger_non_cn_share: float = Field(0.15, ge=0, le=1, description="of world separation")
+    export_price_fraction: float = Field(0.8, gt=0, le=2, description="of unit cost")
+    budget_usd_million: float = Field(5_000.0, ge=0)
+
+
+class Policies(_Strict):
+    """Every policy lever; all off by default."""
+
+    tariffs: list[Tariff] = []
+    export_duties: list[ExportDuty] = []
+    export_controls: list[ExportControl] = []
+    price_floors: list[PriceFloor] = []
+    compliance: Compliance = Compliance()
+    preference: Preference = Preference()
+    reserve: Reserve | None = None
+    china_pricing: ChinaPricing = ChinaPricing()
+
+
+class DemandShock(_Strict):
+    """Multiply the demand of matching buyers (by product, country or bloc, sector)."""
+
+    multiplier: float = Field(ge=0, le=10)
+    product: str = "any"
+    where: str = Field("any", description=PARTY)
+    sector: str = "any"
+
+
+class TransportCut(_Strict):
+    """Stop trade between two parties (both directions)."""
+
+    between: str = Field(description=PARTY)
+    and_: str = Field(alias="and", description=PARTY)
+
+
+class Event(_Strict):
+    """A dated change: policy settings, membership, or a shock, optionally for a span."""
+
+    at: str | int = Field(description="tick (int) or date YYYY-MM")
+    name: str = ""
+    duration_months: int | None = Field(None, ge=1, description="revert after; None: permanent")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted paths -> values")
+    outage: list[str] = Field(default_factory=list, description="producers with no capacity")
+    demand_shock: DemandShock | None = None
+    transport_cut: TransportCut | None = None
+
+
 class Scenario(_Strict):
     """A whole scenario: world, agents, parameters."""
 
@@ -222,6 +342,8 @@ class Scenario(_Strict):
     processors: list[Processor] = Field(min_length=1)
     buyers: list[Buyer] = Field(min_length=1)
     projects: list[Project] = Field(default_factory=list)
+    policies: Policies = Policies()
+    events: list[Event] = Field(default_factory=list)
 
     @property
     def products(self) -> list[str]:
@@ -459,6 +581,95 @@ def _check_cross_fields(s: Scenario) -> None:
                 raise ScenarioError(f"{where}.country", entry.country, "unknown country")
             _check_entry(s, section, where, entry)
     _check_suppliers(s)
+    _check_policies(s)
+    _check_events(s)
+
+
+def _check_party(s: Scenario, party: str, where: str) -> None:
+    if party not in ("any", "alliance", "china", "other") and party not in s.countries:
+        raise ScenarioError(where, party, "unknown country or bloc (alliance, china, other, any)")
+
+
+def _check_product(s: Scenario, product: str, where: str) -> None:
+    if product != "any" and product not in s.products:
+        raise ScenarioError(where, product, f"unknown product (known: {', '.join(s.products)})")
+
+
+def _check_policies(s: Scenario) -> None:
+    pol = s.policies
+    for i, t in enumerate(pol.tariffs):
+        _check_party(s, t.origin, f"policies.tariffs.{i}.origin")
+        _check_party(s, t.destination, f"policies.tariffs.{i}.destination")
+        _check_product(s, t.product, f"policies.tariffs.{i}.product")
+    for i, d in enumerate(pol.export_duties):
+        _check_product(s, d.product, f"policies.export_duties.{i}.product")
+    for i, c in enumerate(pol.export_controls):
+        _check_product(s, c.product, f"policies.export_controls.{i}.product")
+        _check_party(s, c.destination, f"policies.export_controls.{i}.destination")
+    for i, f in enumerate(pol.price_floors):
+        _check_product(s, f.product, f"policies.price_floors.{i}.product")
+        if f.product == "any":
+            raise ScenarioError(f"policies.price_floors.{i}.product", "any", "name one product")
+    if pol.reserve is not None:
+        _check_party(s, pol.reserve.owner, "policies.reserve.owner")
+        _check_product(s, pol.reserve.product, "policies.reserve.product")
+        if pol.reserve.release_trigger_usd_per_kg <= pol.reserve.buy_trigger_usd_per_kg:
+            raise ScenarioError(
+                "policies.reserve.release_trigger_usd_per_kg",
+                pol.reserve.release_trigger_usd_per_kg,
+                "must be above the buy trigger",
+            )
+
+
+def _check_events(s: Scenario) -> None:
+    producers = {e.name for e in [*s.mines, *s.processors, *s.projects]}
+    start = _months(s.start)
+    for i, event in enumerate(s.events):
+        where = f"events.{i}"
+        if isinstance(event.at, int):
+            tick = event.at
+        else:
+            if not isinstance(event.at, str) or len(event.at) != 7 or event.at[4] != "-":
+                raise ScenarioError(f"{where}.at", event.at, "expected a tick or YYYY-MM")
+            tick = round((_months(event.at) - start) * s.ticks_per_year / 12)
+        if not 0 <= tick <= s.ticks:
+            raise ScenarioError(
+                f"{where}.at", event.at, f"outside the horizon (ticks 0–{s.ticks} from {s.start})"
+            )
+        for j, name in enumerate(event.outage):
+            if name not in producers:
+                raise ScenarioError(f"{where}.outage.{j}", name, "no producer with this name")
+        if event.demand_shock is not None:
+            _check_product(s, event.demand_shock.product, f"{where}.demand_shock.product")
+            _check_party(s, event.demand_shock.where, f"{where}.demand_shock.where")
+        if event.transport_cut is not None:
+            _check_party(s, event.transport_cut.between, f"{where}.transport_cut.between")
+            _check_party(s, event.transport_cut.and_, f"{where}.transport_cut.and")
+        if event.set:
+            data = s.model_dump(mode="python", by_alias=True, exclude={"events"})
+            for path, value in event.set.items():
+                if path.split(".")[0] not in ("policies", "alliance"):
+                    raise ScenarioError(
+                        f"{where}.set.{path}",
+                        value,
+                        "events may change policies.* and alliance only",
+                    )
+                try:
+                    _set_path(data, path, value)
+                except ScenarioError as err:
+                    raise ScenarioError(f"{where}.set.{path}", value, err.problem) from None
+            try:
+                build_scenario(data)
+            except ScenarioError as err:
+                raise ScenarioError(f"{where}.set.{err.key}", err.value, err.problem) from None
+
+
+def _months(date: str) -> int:
+    try:
+        year, month = (int(x) for x in date.split("-"))
+    except ValueError:
+        raise ScenarioError("date", date, "expected YYYY-MM") from None
+    return year * 12 + month - 1
 
 
 def _check_elements(s: Scenario, shares: dict[str, float], where: str, partial: bool) -> None:

@@ -181,7 +181,8 @@ class Edges:
     seller: np.ndarray  # per edge: seller stock row
     buyer: np.ndarray  # per edge: buyer stock row
     product: np.ndarray  # per edge
-    transport_usd_per_kg: np.ndarray  # per edge
+    transport_usd_per_kg: np.ndarray  # per edge, in force (after preferences)
+    base_transport_usd_per_kg: np.ndarray  # per edge, from the transport table
     lead_ticks: np.ndarray  # per edge
     tariff: np.ndarray  # per edge: ad valorem
     duty: np.ndarray  # per edge: export duty, ad valorem
@@ -207,8 +208,8 @@ class World:
     buyers: Buyers
     stocks: Stocks
     edges: Edges
-    transit_t: np.ndarray  # lead slot × row: quantities arriving in k+1 ticks
-    transit_attr_t: np.ndarray  # lead slot × row × attribute: attribute mass in transit
+    transit_t: np.ndarray  # ring slot × row: quantities arriving at ticks ≡ slot (mod slots)
+    transit_attr_t: np.ndarray  # ring slot × row × attribute: attribute mass in transit
     reference_price: np.ndarray  # per product: initial price, the logit's price scale
 
 
@@ -373,7 +374,8 @@ def build_world(s: Scenario) -> World:
 
     stocks = _build_stocks(s, rows, layout, producers, buyers, products, recipe)
     edges = _build_edges(s, stocks, producers, layout, products)
-    max_lead = int(edges.lead_ticks.max(initial=0))
+    # longest transport lead plus the longest licensing delay the schema allows
+    slots = int(edges.lead_ticks.max(initial=0)) + round(24 * s.ticks_per_year / 12) + 1
     n_rows = len(stocks.qty_t)
     return World(
         scenario=s,
@@ -387,8 +389,8 @@ def build_world(s: Scenario) -> World:
         buyers=buyers,
         stocks=stocks,
         edges=edges,
-        transit_t=np.zeros((max(max_lead, 1), n_rows)),
-        transit_attr_t=np.zeros((max(max_lead, 1), n_rows, layout.width)),
+        transit_t=np.zeros((slots, n_rows)),
+        transit_attr_t=np.zeros((slots, n_rows, layout.width)),
         reference_price=np.array([s.initial_prices_usd_per_kg[p] for p in products]),
     )
 
@@ -506,6 +508,7 @@ def _build_edges(
         buyer=buyer,
         product=stocks.product[seller],
         transport_usd_per_kg=cost_table[origin, dest],
+        base_transport_usd_per_kg=cost_table[origin, dest],
         lead_ticks=lead_table[origin, dest],
         tariff=np.zeros(n_edges),
         duty=np.zeros(n_edges),

@@ -1,0 +1,324 @@
+"""Alliance and China policy (MODEL.md §8): edge terms, export controls, floors, pricing, events.
+
+Policy acts first in a tick (§6, steps 1–2): dated events apply or expire, then the rules of
+``scenario.policies`` are turned into per-edge terms — tariff, duty, transport, allowed flag and
+export-control group — by a handful of vectorised passes, one per rule. During clearing the
+policy supplies the terms that depend on prices (border levies, China's strategic export asks)
+and rations exports under quotas; after clearing it pays floor subsidies and takes upside.
+
+Parties in rules are a country code, a bloc (``alliance``, ``china``, ``other``) or ``any``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from abm.scenario import Event, Scenario, _set_path, build_scenario
+from abm.world import BLOCS, BUYER, MINE, month_index
+
+if TYPE_CHECKING:
+    from abm.model import RareEarthModel
+
+KG_PER_T = 1000.0
+
+
+def party_mask(party: str, country: np.ndarray, model: RareEarthModel) -> np.ndarray:
+    """Per item: whether its country matches a party (country code, bloc or 'any')."""
+    w = model.world
+    if party == "any":
+        return np.ones(len(country), dtype=bool)
+    if party in BLOCS:
+        return w.country_bloc[country] == BLOCS.index(party)
+    return country == w.layout.countries.index(party)
+
+
+def product_mask(product: str, products: np.ndarray, model: RareEarthModel) -> np.ndarray:
+    """Per item: whether its product matches a product name or 'any'."""
+    if product == "any":
+        return np.ones(len(products), dtype=bool)
+    return products == model.world.products.index(product)
+
+
+def event_tick(event: Event, scenario: Scenario) -> int:
+    """The tick an event applies at (an int is a tick; a date is converted)."""
+    if isinstance(event.at, int):
+        return event.at
+    months = month_index(event.at) - month_index(scenario.start)
+    return round(months * scenario.ticks_per_year / 12)
+
+
+@dataclass
+class _Effect:
+    """An event in force: what to undo and when."""
+
+    until: int | None
+    event: Event
+    undo: dict[str, Any]
+
+
+class PolicyState:
+    """Policy in force in a model: events, shocks, quotas left, budgets spent."""
+
+    def __init__(self, model: RareEarthModel) -> None:
+        self.model = model
+        self.effects: list[_Effect] = []
+        n_p = len(model.world.producers.names)
+        n_b = len(model.world.buyers.names)
+        self.capacity_factor = np.ones(n_p)  # per producer: 0 during an outage
+        self.demand_factor = np.ones(n_b)  # per buyer: demand shocks
+        self.export_group = np.full(len(model.world.edges.seller), -1)  # per edge
+        self.quota_left_t = np.zeros(0)  # per export control: left this tick
+        self.strategic_spent_usd_million = 0.0
+        self.strategic_active = False
+
+    # ------------------------------------------------------------------ events
+
+    def apply_events(self) -> None:
+        """Expire effects whose span has ended, then apply the events dated this tick."""
+        model = self.model
+        for effect in [e for e in self.effects if e.until == model.tick]:
+            self._undo(effect)
+            self.effects.remove(effect)
+        for event in model.config.events:
+            if event_tick(event, model.config) == model.tick:
+                self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        model = self.model
+        undo: dict[str, Any] = {}
+        if event.set:
+            data = model.config.model_dump(mode="python", by_alias=True)
+            for path, value in event.set.items():
+                undo[path] = _get_path(data, path)
+                _set_path(data, path, value)
+            model.config = _revalidate(data, event)
+        months = event.duration_months
+        until = (
+            None
+            if months is None
+            else model.tick + round(months * model.config.ticks_per_year / 12)
+        )
+        self.effects.append(_Effect(until, event, undo))
+
+    def _undo(self, effect: _Effect) -> None:
+        model = self.model
+        if effect.undo:
+            data = model.config.model_dump(mode="python", by_alias=True)
+            for path, value in effect.undo.items():
+                _set_path(data, path, value)
+            model.config = _revalidate(data, effect.event)
+
+    def _shocks(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        """Capacity and demand factors, and transport cuts, of the effects in force."""
+        w = self.model.world
+        capacity = np.ones(len(w.producers.names))
+        demand = np.ones(len(w.buyers.names))
+        cuts = []
+        names = {name: i for i, name in enumerate(w.producers.names)}
+        for effect in self.effects:
+            e = effect.event
+            for name in e.outage:
+                capacity[names[name]] = 0.0
+            if e.demand_shock is not None:
+                d = e.demand_shock
+                b = w.buyers
+                match = party_mask(d.where, b.country, self.model) & product_mask(
+                    d.product, b.product, self.model
+                )
+                if d.sector != "any":
+                    match &= np.array([s == d.sector for s in b.sectors])
+                demand = np.where(match, demand * d.multiplier, demand)
+            if e.transport_cut is not None:
+                cuts.append((e.transport_cut.between, e.transport_cut.and_))
+        return capacity, demand, cuts
+
+    # ------------------------------------------------------------------ edge terms
+
+    def refresh(self) -> None:
+        """Recompute blocs and every edge term from the policies and shocks in force."""
+        model = self.model
+        w, cfg = model.world, model.config
+        w.country_bloc = np.array([BLOCS.index(cfg.bloc_of(c)) for c in w.layout.countries])
+        self.capacity_factor, self.demand_factor, cuts = self._shocks()
+        s, e, p = w.stocks, w.edges, w.producers
+        pol = cfg.policies
+        seller_c, buyer_c = s.country[e.seller], s.country[e.buyer]
+        cross = seller_c != buyer_c  # per edge
+        alliance = BLOCS.index("alliance")
+        both_alliance = (w.country_bloc[seller_c] == alliance) & (
+            w.country_bloc[buyer_c] == alliance
+        )
+        tariff = np.zeros(len(e.seller))
+        for rule in pol.tariffs:
+            match = (
+                cross
+                & party_mask(rule.origin, seller_c, model)
+                & party_mask(rule.destination, buyer_c, model)
+                & product_mask(rule.product, e.product, model)
+            )
+            tariff = np.where(match, np.maximum(tariff, rule.rate), tariff)
+        if pol.preference.zero_internal_tariffs:
+            tariff[both_alliance] = 0.0
+        exports = (seller_c == w.china) & (buyer_c != w.china)  # per edge
+        duty = np.zeros(len(e.seller))
+        for rule in pol.export_duties:
+            match = exports & product_mask(rule.product, e.product, model)
+            duty = np.where(match, np.maximum(duty, rule.rate), duty)
+        discount = np.where(both_alliance & cross, pol.preference.transport_discount_share, 0.0)
+        seller_is_producer = s.owner_kind[e.seller] != BUYER
+        built = np.where(seller_is_producer, p.status[s.owner[e.seller]] != 0, True)
+        allowed = built.copy()
+        if pol.compliance.ban_allied_mines_to_china:
+            allied_mine = (s.owner_kind[e.seller] == MINE) & (w.country_bloc[seller_c] == alliance)
+            allowed &= ~(allied_mine & (buyer_c == w.china))
+        for a, b in cuts:
+            ab = party_mask(a, seller_c, model) & party_mask(b, buyer_c, model)
+            ba = party_mask(b, seller_c, model) & party_mask(a, buyer_c, model)
+            allowed &= ~(ab | ba)
+        group = np.full(len(e.seller), -1)
+        for g, rule in enumerate(pol.export_controls):
+            match = (
+                exports
+                & (group < 0)
+                & product_mask(rule.product, e.product, model)
+                & party_mask(rule.destination, buyer_c, model)
+            )
+            group[match] = g
+            if rule.quota_t_per_yr == 0:
+                allowed &= ~match
+        e.tariff, e.duty, e.allowed = tariff, duty, allowed
+        e.transport_usd_per_kg = e.base_transport_usd_per_kg * (1.0 - discount)
+        self.export_group = group
+        tpy = cfg.ticks_per_year
+        self.quota_left_t = np.array(
+            [
+                np.inf if rule.quota_t_per_yr is None else rule.quota_t_per_yr / tpy
+                for rule in pol.export_controls
+            ]
+        )
+        self.licence_delay_ticks = np.array(
+            [round(rule.delay_months * tpy / 12) for rule in pol.export_controls], dtype=np.int64
+        )
+        self.approval = np.array([rule.approval_probability for rule in pol.export_controls])
+
+    # ------------------------------------------------------------------ during clearing
+
+    def licensed(self, sl: slice) -> np.ndarray:
+        """Per edge of a market: licence granted this tick (a draw per controlled edge)."""
+        group = self.export_group[sl]
+        controlled = group >= 0
+        granted = np.ones(len(group), dtype=bool)
+        if controlled.any():
+            p = self.approval[group[controlled]]
+            draws = self.model.rng.random(int(controlled.sum()))
+            granted[controlled] = draws < p
+        return granted
+
+    def extra_lead(self, sl: slice) -> np.ndarray:
+        """Per edge of a market: licensing delay in ticks."""
+        group = self.export_group[sl]
+        out = np.zeros(len(group), dtype=np.int64)
+        controlled = group >= 0
+        out[controlled] = self.licence_delay_ticks[group[controlled]]
+        return out
+
+    def export_asks(self, sl: slice, ask: np.ndarray, cost_floor: np.ndarray) -> np.ndarray:
+        """Per edge: the ask China's sellers charge abroad (strategic mode: below cost)."""
+        cfg = self.model.config.policies.china_pricing
+        if not self.strategic_active:
+            return ask
+        e, s = self.model.world.edges, self.model.world.stocks
+        exports = (s.country[e.seller[sl]] == self.model.world.china) & (
+            s.country[e.buyer[sl]] != self.model.world.china
+        )
+        return np.where(exports, np.minimum(ask, cfg.export_price_fraction * cost_floor), ask)
+
+    def border_levy(
+        self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
+    ) -> np.ndarray:
+        """Per edge: variable levy max(0, F − ask) on non-compliant imports into the alliance."""
+        model = self.model
+        w, e, s = model.world, model.world.edges, model.world.stocks
+        levy = np.zeros(len(ask))
+        for floor in model.config.policies.price_floors:
+            if floor.mechanism != "border_adjusted" or w.products.index(floor.product) != product:
+                continue
+            buyer_c, seller_c = s.country[e.buyer[sl]], s.country[e.seller[sl]]
+            into = (w.country_bloc[buyer_c] == BLOCS.index("alliance")) & (seller_c != buyer_c)
+            levy = np.where(into & ~compliant, np.maximum(levy, floor.level_usd_per_kg - ask), levy)
+        return np.maximum(levy, 0.0)
+
+    def floor_payments(
+        self,
+        product: int,
+        seller_rows: np.ndarray,
+        flow: np.ndarray,
+        ask: np.ndarray,
+        compliant: np.ndarray,
+    ) -> tuple[np.ndarray, float, float]:
+        """Price-gap subsidy and upside take on compliant sales of a product.
+
+        Returns per edge the net transfer to the seller (US$ M; positive: subsidy), the total
+        subsidy paid and the total upside taken by the alliance.
+        """
+        w = self.model.world
+        net = np.zeros(len(flow))
+        for floor in self.model.config.policies.price_floors:
+            if floor.mechanism != "price_gap_subsidy" or w.products.index(floor.product) != product:
+                continue
+            covered = compliant & (flow > 0)
+            gap = np.where(covered, np.maximum(floor.level_usd_per_kg - ask, 0.0), 0.0)
+            upside = np.where(
+                covered, floor.upside_share * np.maximum(ask - floor.level_usd_per_kg, 0.0), 0.0
+            )
+            net += flow / KG_PER_T * (gap - upside)
+        subsidy = float(np.clip(net, 0, None).sum())
+        return net, subsidy, float(np.clip(-net, 0, None).sum())
+
+    def guaranteed_price(self, stage_products: np.ndarray) -> np.ndarray:
+        """Per product: the floor a compliant new producer can count on (0 where none)."""
+        w = self.model.world
+        out = np.zeros(len(w.products))
+        for floor in self.model.config.policies.price_floors:
+            if floor.mechanism in ("price_gap_subsidy", "offtake"):
+                p = w.products.index(floor.product)
+                out[p] = max(out[p], floor.level_usd_per_kg)
+        return out[stage_products] if len(stage_products) else out
+
+    # ------------------------------------------------------------------ China's pricing mode
+
+    def update_strategic_pricing(self, non_cn_separation_share: float) -> None:
+        """Strategic mode is on while non-CN separation exceeds the trigger and budget lasts."""
+        cfg = self.model.config.policies.china_pricing
+        self.strategic_active = (
+            cfg.mode == "strategic"
+            and non_cn_separation_share > cfg.trigger_non_cn_share
+            and self.strategic_spent_usd_million < cfg.budget_usd_million
+        )
+
+
+def _get_path(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if isinstance(node, list):
+            node = (
+                node[int(part)]
+                if part.lstrip("-").isdigit()
+                else next(
+                    item for item in node if isinstance(item, dict) and item.get("name") == part
+                )
+            )
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return copy.deepcopy(node)
+
+
+def _revalidate(data: dict[str, Any], event: Event) -> Scenario:
+    """The scenario after an event (already validated at load, so this cannot fail)."""
+    return build_scenario(data, f"event '{event.name or event.at}'")
