@@ -21,6 +21,7 @@ import mesa
 import numpy as np
 
 from abm import provenance
+from abm.policy import party_mask
 from abm.world import (
     BLOCS,
     CLOSED,
@@ -29,6 +30,7 @@ from abm.world import (
     NEVER,
     OPERATING,
     PLANNED,
+    RESERVE,
     STATUS,
 )
 
@@ -303,7 +305,8 @@ def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
     target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity
     adjust = model.months_to_ticks(cfg.order_adjust_months)
     offer = s.expected_sales_t[rows] + (s.qty_t[rows] - target) / adjust
-    return np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
+    offer = np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
+    return np.where(s.owner_kind[rows] == RESERVE, s.qty_t[rows], offer)  # releases: all of it
 
 
 class Mine(Producer):
@@ -545,3 +548,166 @@ class Buyer(mesa.Agent):
         reo = used * model.world.reo_content[b.product]
         model.consumed_reo_t_total += reo.sum()
         return used[:, None] * s.attrs[b.row]
+
+
+class StrategicReserve(mesa.Agent):
+    """The strategic reserve (MODEL.md §4): buys compliant material cheaply, releases in need.
+
+    It owns two stock rows — purchases arrive in its input row; releases move to its output row,
+    which sells on the network like any seller — and an account funded by a loan and private
+    capital. It also holds what ``offtake`` price floors buy. Without a reserve in the scenario
+    the agent exists but has no rows and does nothing.
+    """
+
+    model: RareEarthModel
+
+    def __init__(self, model: RareEarthModel) -> None:
+        super().__init__(model)
+        self.name = "strategic_reserve"
+        self.cash_usd_million = 0.0
+        self.spent_usd_million = 0.0  # cumulative purchases, the capital drawn
+        self.tick_released_t = 0.0
+
+    @property
+    def rows(self) -> tuple[int, int] | None:
+        """(input, output) stock rows, or None."""
+        return self.model.world.reserve_rows
+
+    @property
+    def stock_t(self) -> float:
+        """Tonnes held (bought and not yet sold)."""
+        if self.rows is None:
+            return 0.0
+        return float(self.model.world.stocks.qty_t[list(self.rows)].sum())
+
+    @property
+    def country(self) -> str:
+        """Country the reserve sits in (for transport and tariffs)."""
+        if self.rows is None:
+            return ""
+        w = self.model.world
+        return w.layout.countries[w.stocks.country[self.rows[0]]]
+
+    @property
+    def bloc(self) -> str:
+        """Bloc of the reserve's country."""
+        w = self.model.world
+        return BLOCS[w.country_bloc[w.layout.countries.index(self.country)]] if self.rows else ""
+
+    @property
+    def product(self) -> str:
+        """Product held."""
+        if self.rows is None:
+            return ""
+        return self.model.world.products[self.model.world.stocks.product[self.rows[0]]]
+
+    def owner_need_t(self) -> float:
+        """The owner's end-use need of the reserve's product per tick, in that product.
+
+        An oxide also counts through the magnets its owner's buyers need (recipe content).
+        """
+        model = self.model
+        w, cfg = model.world, model.config.policies.reserve
+        b = w.buyers
+        product = w.stocks.product[self.rows[0]]
+        mine = party_mask(cfg.owner, b.country, model)
+        need = b.need_t[mine & (b.product == product)].sum()
+        if w.products[product].startswith("oxide:") and model.config.magnet is not None:
+            magnet = w.products.index("magnet")
+            need += w.magnet_recipe[product - 1] * b.need_t[mine & (b.product == magnet)].sum()
+        return float(need)
+
+    def target_t(self) -> float:
+        """Target stock: ``target_months`` of the owner's need."""
+        cfg = self.model.config.policies.reserve
+        return self.model.months_to_ticks(cfg.target_months) * self.owner_need_t()
+
+    @staticmethod
+    def plan(model: RareEarthModel) -> None:
+        """Buy rule (desired purchase) and release rule (move stock to the selling row)."""
+        self = model.reserve
+        cfg = model.config.policies.reserve
+        self.tick_released_t = 0.0
+        if self.rows is None or cfg is None:
+            return
+        s = model.world.stocks
+        held_in, held_out = self.rows
+        model.row_reservation[held_in] = cfg.buy_trigger_usd_per_kg  # buys only below it
+        model.row_min_compliant[held_in] = 1.0  # and only compliant material
+        target = self.target_t()
+        price = s.expected_price_usd_per_kg[held_in]
+        budget = cfg.loan_usd_million + cfg.private_usd_million - self.spent_usd_million
+        room = max(target - s.qty_t[held_in] - model.in_transit_t[held_in], 0.0)
+        step = cfg.max_buy_share_per_month * target * 12 / model.config.ticks_per_year
+        affordable = max(budget, 0.0) * KG_PER_T / max(price, 1e-9)
+        s.desired_t[held_in] = min(room, step, affordable)
+        owner_price = model.owner_landed_price(cfg.owner, s.product[held_in])
+        shortage = model.last_shortage[model.bloc_of_party(cfg.owner)]
+        if (
+            owner_price >= cfg.release_trigger_usd_per_kg
+            or shortage > cfg.release_shortage_threshold
+        ):
+            release = min(s.qty_t[held_in], step)
+            if release > 0:
+                attrs = s.attrs[held_in][None, :]
+                provenance.mix_into(
+                    s.qty_t, s.attrs, np.array([held_out]), np.array([release]), release * attrs
+                )
+                s.qty_t[held_in] -= release
+                s.ask_usd_per_kg[held_out] = max(
+                    model.expected_market_price[s.product[held_out]], 1e-6
+                )
+                self.tick_released_t = release
+
+    @staticmethod
+    def offtake(model: RareEarthModel, product: int) -> None:
+        """Offtake floors: the alliance buys a volume at F from compliant sellers, pro rata."""
+        if model.reserve.rows is None:
+            return
+        w, s = model.world, model.world.stocks
+        held_in = model.reserve.rows[0]
+        for floor in model.config.policies.price_floors:
+            if floor.mechanism != "offtake" or w.products.index(floor.product) != product:
+                continue
+            sellers = np.flatnonzero(
+                (s.product == product)
+                & (s.role == 0)
+                & (s.owner_kind != RESERVE)
+                & (s.attrs[:, w.layout.touched_cn] < 1e-9)
+                & (s.qty_t > 0)
+            )
+            if len(sellers) == 0:
+                continue
+            volume = floor.offtake_t_per_yr / model.config.ticks_per_year
+            take = s.qty_t[sellers] * min(1.0, volume / s.qty_t[sellers].sum())  # per seller
+            provenance.mix_into(
+                s.qty_t,
+                s.attrs,
+                np.full(len(sellers), held_in),
+                take,
+                take[:, None] * s.attrs[sellers],
+            )
+            s.qty_t[sellers] -= take
+            s.sold_t[sellers] += take
+            paid = take * floor.level_usd_per_kg / KG_PER_T
+            model.tick_in += np.bincount(
+                model.row_account[sellers], paid, minlength=len(model.tick_in)
+            )
+            model.tick_fiscal["offtake_purchases"] += paid.sum()
+
+    @staticmethod
+    def carry(model: RareEarthModel) -> None:
+        """Carrying cost on the capital drawn, paid from the reserve's account."""
+        self = model.reserve
+        cfg = model.config.policies.reserve
+        if self.rows is None or cfg is None:
+            return
+        spend = model.tick_out[-1]
+        self.spent_usd_million += spend
+        cost = (
+            cfg.carrying_cost_per_yr
+            / model.config.ticks_per_year
+            * max(self.spent_usd_million, 0.0)
+        )
+        self.cash_usd_million -= cost
+        model.tick_fiscal["reserve_carrying_cost"] += cost

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from abm import provenance
-from abm.world import BLOCS, BUYER, CLOSED, IDLE, OPERATING, PLANNED
+from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, PLANNED, PROCESSOR
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -209,8 +209,15 @@ def shortage(model: RareEarthModel, bloc: int) -> float:
 def seller_stock(model: RareEarthModel, product: int) -> float:
     """Tonnes of a product held by sellers (the balance problem shows here)."""
     s = model.world.stocks
-    mask = (s.product == product) & (s.owner_kind != BUYER) & (s.role == 0)
+    mask = (s.product == product) & np.isin(s.owner_kind, (MINE, PROCESSOR)) & (s.role == 0)
     return float(s.qty_t[mask].sum())
+
+
+def _reserve_price(model: RareEarthModel) -> float:
+    rows = model.reserve.rows
+    if rows is None:
+        return 0.0
+    return float(model.expected_market_price[model.world.stocks.product[rows[0]]])
 
 
 # ------------------------------------------------------------------ registry
@@ -368,6 +375,8 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
         ("floor_subsidy", "Price-floor subsidy paid (alliance)."),
         ("floor_upside", "Upside above the floor taken by the alliance from covered producers."),
         ("strategic_pricing", "China's budget spent topping up below-cost export prices."),
+        ("offtake_purchases", "Alliance offtake purchases at the floor price."),
+        ("reserve_carrying_cost", "Carrying cost of the reserve's capital."),
     )
     for key, text in fiscal:
         add(
@@ -375,6 +384,38 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
                 f"{key}_usd_million", "US$ M per tick", text, lambda m, key=key: m.tick_fiscal[key]
             )
         )
+    add(
+        Metric(
+            "reserve_stock_t",
+            "t",
+            "Stock held by the strategic reserve (and offtake).",
+            lambda m: m.reserve.stock_t,
+        )
+    )
+    add(
+        Metric(
+            "reserve_spend_usd_million",
+            "US$ M per tick",
+            "What the strategic reserve paid for purchases this tick.",
+            lambda m: float(m.tick_out[-1]),
+        )
+    )
+    add(
+        Metric(
+            "reserve_value_usd_million",
+            "US$ M",
+            "Reserve stock at the market's expected price of its product.",
+            lambda m: m.reserve.stock_t * _reserve_price(m) / 1000.0,
+        )
+    )
+    add(
+        Metric(
+            "reserve_release_t",
+            "t per tick",
+            "Stock the reserve released for sale.",
+            lambda m: m.reserve.tick_released_t,
+        )
+    )
     add(
         Metric(
             "buyers_landed_cost_usd_million",

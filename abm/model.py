@@ -16,16 +16,25 @@ import networkx as nx
 import numpy as np
 
 from abm import market, metrics, provenance
-from abm.agents import KG_PER_T, Buyer, Mine, Processor, Producer, planned_offer_t
+from abm.agents import (
+    KG_PER_T,
+    Buyer,
+    Mine,
+    Processor,
+    Producer,
+    StrategicReserve,
+    planned_offer_t,
+)
 from abm.policy import PolicyState
 from abm.scenario import Scenario, load_scenario
-from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, World, build_world
+from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
 COMPLIANT_TOLERANCE = 1e-9  # a lot is compliant when its China-touched share is below this
 # accounts of the closed money system (US$ M): parties that receive money from producers and
 # buyers, and the public budgets that pay money out to them
 RECEIVED = (
+    "reserve_carrying_cost",
     "tariff_revenue",
     "duty_revenue",
     "levy_revenue",
@@ -34,7 +43,7 @@ RECEIVED = (
     "operating_costs",
     "capital_goods",
 )
-PAID = ("floor_subsidy", "strategic_pricing")
+PAID = ("floor_subsidy", "strategic_pricing", "offtake_purchases")
 
 
 @dataclass
@@ -83,6 +92,8 @@ class RareEarthModel(mesa.Model):
             for i, stage in enumerate(self.world.producers.stage)
         ]
         self.buyer_agents = [Buyer(self, j) for j in range(len(self.world.buyers.names))]
+        self.reserve = StrategicReserve(self)
+        self.row_account = self._row_accounts()
         self.policy = PolicyState(self)
         self.policy.refresh()
         self._graph = self._build_network()
@@ -107,8 +118,10 @@ class RareEarthModel(mesa.Model):
         self._arrive_shipments()  # 3: shipments whose lead time elapsed
         Buyer.adapt_demand(self)
         Buyer.plan_orders(self)
+        StrategicReserve.plan(self)
         for product in range(len(self.world.products)):  # 4: markets in supply-chain order
             Processor.plan_inputs(self, product)
+            StrategicReserve.offtake(self, product)
             self._clear_market(product)
             if product == 0:
                 Processor.separate(self)
@@ -116,6 +129,7 @@ class RareEarthModel(mesa.Model):
                 Processor.make_magnets(self)
         self.consumed_attr_t = Buyer.consume(self)  # 5: consumption and shortage
         self._update_prices()  # 6: asks and expectations
+        StrategicReserve.carry(self)
         self._settle()  # 7: costs and profits
         Producer.review_operations(self)  # idling, restarts, closures
         if self._investment_tick():
@@ -142,6 +156,17 @@ class RareEarthModel(mesa.Model):
         self.consumed_attr_t = np.zeros((len(self.world.buyers.names), self.world.layout.width))
         self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
         self.last_cn_separation_share = 1.0
+        self.last_shortage = dict.fromkeys(BLOCS, 0.0)
+
+    def _row_accounts(self) -> np.ndarray:
+        """Per stock row: the account its owner pays from and is paid into.
+
+        Accounts: producers first, then buyers, then the reserve (last).
+        """
+        s = self.world.stocks
+        n_p, n_b = len(self.world.producers.names), len(self.world.buyers.names)
+        offset = np.array([0, 0, n_p, n_p + n_b])  # by owner kind: mine, processor, buyer, reserve
+        return offset[s.owner_kind] + np.where(s.owner_kind == RESERVE, 0, s.owner)
 
     def _index_market(self, edges: slice) -> _MarketIndex:
         e = self.world.edges
@@ -253,8 +278,16 @@ class RareEarthModel(mesa.Model):
         w, s, e = self.world, self.world.stocks, self.world.edges
         graph = nx.MultiDiGraph()
         agents = [*self.producer_agents, *self.buyer_agents]
+        if self.reserve.rows is not None:
+            agents.append(self.reserve)
         for agent in agents:
-            stage = agent.stage if isinstance(agent, Producer) else "buyer"
+            stage = (
+                agent.stage
+                if isinstance(agent, Producer)
+                else "reserve"
+                if agent is self.reserve
+                else "buyer"
+            )
             graph.add_node(
                 agent.name,
                 kind=type(agent).__name__,
@@ -263,7 +296,11 @@ class RareEarthModel(mesa.Model):
                 agent=agent,
             )
         self._row_agent = [
-            (self.buyer_agents if s.owner_kind[r] == BUYER else self.producer_agents)[s.owner[r]]
+            self.reserve
+            if s.owner_kind[r] == RESERVE
+            else (self.buyer_agents if s.owner_kind[r] == BUYER else self.producer_agents)[
+                s.owner[r]
+            ]
             for r in range(len(s.qty_t))
         ]
         for i in range(len(e.seller)):
@@ -309,8 +346,9 @@ class RareEarthModel(mesa.Model):
         s.desired_t[:] = 0.0
         self.world.producers.output_t[:] = 0.0
         self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
-        self.tick_revenue = np.zeros(len(self.world.producers.names))
-        self.tick_purchases = np.zeros(len(self.world.producers.names))
+        n_accounts = len(self.world.producers.names) + len(self.world.buyers.names) + 1
+        self.tick_in = np.zeros(n_accounts)  # per account: sales and subsidies received
+        self.tick_out = np.zeros(n_accounts)  # per account: purchases paid, all-in
         self.tick_opex = np.zeros(len(self.world.producers.names))
         self.tick_buyer_spend = np.zeros(len(self.world.buyers.names))
         e = self.world.edges
@@ -416,6 +454,22 @@ class RareEarthModel(mesa.Model):
         self._pay_policy(product, sellers, flow, own_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
 
+    def bloc_of_party(self, party: str) -> str:
+        """The bloc a party (bloc or country code) belongs to."""
+        return party if party in BLOCS else self.config.bloc_of(party)
+
+    def owner_landed_price(self, party: str, product: int) -> float:
+        """Expected landed price of a product for a party's buyers (weighted by their orders)."""
+        from abm.policy import party_mask
+
+        s = self.world.stocks
+        rows = np.flatnonzero((s.product == product) & (s.role == 1) & (s.owner_kind != RESERVE))
+        rows = rows[party_mask(party, s.country[rows], self)]
+        if len(rows) == 0:
+            return float(self.expected_market_price[product])
+        weight = s.desired_t[rows] + 1e-12
+        return float((s.expected_price_usd_per_kg[rows] * weight).sum() / weight.sum())
+
     def row_min_compliant_in_force(self, rows: np.ndarray) -> np.ndarray:
         """Per buyer row: its compliance requirement, raised to the alliance's rule if a member.
 
@@ -440,15 +494,14 @@ class RareEarthModel(mesa.Model):
         compliant: np.ndarray,
     ) -> None:
         """Floor subsidies and upside (alliance), strategic-pricing top-ups (China's budget)."""
-        s = self.world.stocks
-        n_p = len(self.world.producers.names)
+        n_accounts = len(self.tick_in)
         net, subsidy, upside = self.policy.floor_payments(product, sellers, flow, ask, compliant)
-        self.tick_revenue += np.bincount(s.owner[sellers], net, minlength=n_p)
+        self.tick_in += np.bincount(self.row_account[sellers], net, minlength=n_accounts)
         self.tick_fiscal["floor_subsidy"] += subsidy
         self.tick_fiscal["floor_upside"] += upside
         topup = flow / KG_PER_T * (own_ask - ask)  # per edge, zero unless strategic pricing
         if topup.any():
-            self.tick_revenue += np.bincount(s.owner[sellers], topup, minlength=n_p)
+            self.tick_in += np.bincount(self.row_account[sellers], topup, minlength=n_accounts)
             self.tick_fiscal["strategic_pricing"] += topup.sum()
             self.policy.strategic_spent_usd_million += topup.sum()
 
@@ -481,21 +534,16 @@ class RareEarthModel(mesa.Model):
         landed: np.ndarray,
     ) -> None:
         """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""
-        w, s, e = self.world, self.world.stocks, self.world.edges
+        e = self.world.edges
         to_money = flow / KG_PER_T  # t × US$/kg → US$ million
         duty = to_money * ask * e.duty[sl]
         tariff = to_money * ask * (1 + e.duty[sl]) * e.tariff[sl]
         levy = to_money * e.levy_usd_per_kg[sl]
         transport = to_money * e.transport_usd_per_kg[sl]
-        n_p = len(w.producers.names)
-        self.tick_revenue += np.bincount(s.owner[sellers], to_money * ask, minlength=n_p)
-        paid = to_money * landed
-        by_buyer = s.owner_kind[buyers] == BUYER
-        self.tick_buyer_spend += np.bincount(
-            s.owner[buyers[by_buyer]], paid[by_buyer], minlength=len(w.buyers.names)
-        )
-        self.tick_purchases += np.bincount(
-            s.owner[buyers[~by_buyer]], paid[~by_buyer], minlength=n_p
+        n_accounts = len(self.tick_in)
+        self.tick_in += np.bincount(self.row_account[sellers], to_money * ask, minlength=n_accounts)
+        self.tick_out += np.bincount(
+            self.row_account[buyers], to_money * landed, minlength=n_accounts
         )
         self.tick_fiscal["duty_revenue"] += duty.sum()
         self.tick_fiscal["tariff_revenue"] += tariff.sum()
@@ -582,10 +630,11 @@ class RareEarthModel(mesa.Model):
         """
         w, s, p = self.world, self.world.stocks, self.world.producers
         n_e = len(w.layout.elements)
-        owner = s.owner[rows]
-        stage = p.stage[owner]
+        producer = s.owner_kind[rows] != RESERVE
+        owner = np.where(producer, s.owner[rows], 0)
+        stage = np.where(producer, p.stage[owner], -1)
         product = s.product[rows]
-        floor = p.unit_cost_usd_per_kg[owner].copy()
+        floor = np.where(producer, p.unit_cost_usd_per_kg[owner], 0.0)
         sep = stage == 1
         if sep.any():
             plant = owner[sep]
@@ -614,12 +663,18 @@ class RareEarthModel(mesa.Model):
     def _settle(self) -> None:
         """Post the tick's payments and costs to producers', buyers' and the world's accounts."""
         p, b = self.world.producers, self.world.buyers
-        self.tick_profit = self.tick_revenue - self.tick_purchases - self.tick_opex
+        n_p, n_b = len(p.names), len(b.names)
+        self.tick_profit = self.tick_in[:n_p] - self.tick_out[:n_p] - self.tick_opex
         p.cash_usd_million += self.tick_profit
+        self.tick_buyer_spend = self.tick_out[n_p : n_p + n_b]
+        b.cash_usd_million -= self.tick_buyer_spend
+        self.reserve.cash_usd_million += self.tick_in[-1] - self.tick_out[-1]
         share = metrics.china_share(self, 1)
         if np.isfinite(share):
             self.last_cn_separation_share = share
-        b.cash_usd_million -= self.tick_buyer_spend
+        for bloc, code in zip(BLOCS, range(len(BLOCS)), strict=True):
+            short = metrics.shortage(self, code)
+            self.last_shortage[bloc] = short if np.isfinite(short) else 0.0
         for name, amount in self.tick_fiscal.items():
             self.accounts[name] += amount
         cap = np.maximum(self.effective_capacity, 1e-300)
@@ -674,7 +729,8 @@ class RareEarthModel(mesa.Model):
         p, b = self.world.producers, self.world.buyers
         received = sum(self.accounts[k] for k in RECEIVED)
         paid = sum(self.accounts[k] for k in PAID)
-        return float(p.cash_usd_million.sum() + b.cash_usd_million.sum() + received - paid)
+        cash = p.cash_usd_million.sum() + b.cash_usd_million.sum() + self.reserve.cash_usd_million
+        return float(cash + received - paid)
 
     def flows_frame(self):
         """Edge flows of every collected tick as a DataFrame (see ``abm.metrics``)."""

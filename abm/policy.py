@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from abm.scenario import Event, Scenario, _set_path, build_scenario
-from abm.world import BLOCS, BUYER, MINE, month_index
+from abm.world import BLOCS, MINE, PROCESSOR, month_index
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -169,9 +169,13 @@ class PolicyState:
             match = exports & product_mask(rule.product, e.product, model)
             duty = np.where(match, np.maximum(duty, rule.rate), duty)
         discount = np.where(both_alliance & cross, pol.preference.transport_discount_share, 0.0)
-        seller_is_producer = s.owner_kind[e.seller] != BUYER
+        seller_is_producer = np.isin(s.owner_kind[e.seller], (MINE, PROCESSOR))
         built = np.where(seller_is_producer, p.status[s.owner[e.seller]] != 0, True)
         allowed = built.copy()
+        if w.reserve_rows is not None and pol.reserve is not None:
+            # the reserve releases to its owner's buyers only
+            from_reserve = e.seller == w.reserve_rows[1]
+            allowed &= ~(from_reserve & ~party_mask(pol.reserve.owner, buyer_c, model))
         if pol.compliance.ban_allied_mines_to_china:
             allied_mine = (s.owner_kind[e.seller] == MINE) & (w.country_bloc[seller_c] == alliance)
             allowed &= ~(allied_mine & (buyer_c == w.china))

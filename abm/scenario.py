@@ -613,6 +613,12 @@ def _check_policies(s: Scenario) -> None:
     if pol.reserve is not None:
         _check_party(s, pol.reserve.owner, "policies.reserve.owner")
         _check_product(s, pol.reserve.product, "policies.reserve.product")
+        if pol.reserve.product in ("any", "concentrate"):
+            raise ScenarioError(
+                "policies.reserve.product",
+                pol.reserve.product,
+                "a reserve holds an oxide or magnets",
+            )
         if pol.reserve.release_trigger_usd_per_kg <= pol.reserve.buy_trigger_usd_per_kg:
             raise ScenarioError(
                 "policies.reserve.release_trigger_usd_per_kg",

@@ -24,7 +24,7 @@ import numpy as np
 
 from abm.scenario import Scenario
 
-MINE, PROCESSOR, BUYER = 0, 1, 2
+MINE, PROCESSOR, BUYER, RESERVE = 0, 1, 2, 3
 OUTPUT, INPUT = 0, 1
 STATUS = ("planned", "construction", "operating", "idle", "closed")
 PLANNED, CONSTRUCTION, OPERATING, IDLE, CLOSED = range(5)
@@ -210,6 +210,7 @@ class World:
     edges: Edges
     transit_t: np.ndarray  # ring slot × row: quantities arriving at ticks ≡ slot (mod slots)
     transit_attr_t: np.ndarray  # ring slot × row × attribute: attribute mass in transit
+    reserve_rows: tuple[int, int] | None  # the reserve's (input, output) rows, if any
     reference_price: np.ndarray  # per product: initial price, the logit's price scale
 
 
@@ -351,6 +352,7 @@ def build_world(s: Scenario) -> World:
     buyer_rows = [
         add_row(b.product, BUYER, j, INPUT, c_index[b.country]) for j, b in enumerate(s.buyers)
     ]
+    reserve_rows = _reserve_rows(s, add_row, c_index)
     B = s.buyers
     buyers = Buyers(
         names=[b.name for b in B],
@@ -392,6 +394,26 @@ def build_world(s: Scenario) -> World:
         transit_t=np.zeros((slots, n_rows)),
         transit_attr_t=np.zeros((slots, n_rows, layout.width)),
         reference_price=np.array([s.initial_prices_usd_per_kg[p] for p in products]),
+        reserve_rows=reserve_rows,
+    )
+
+
+def _reserve_rows(s: Scenario, add_row, c_index: dict[str, int]) -> tuple[int, int] | None:
+    """Stock rows of the strategic reserve (also holds offtake purchases), if the scenario has one.
+
+    The reserve sits in its owner's country (a bloc's first member) for transport and tariffs.
+    """
+    pol = s.policies
+    offtake = [f.product for f in pol.price_floors if f.mechanism == "offtake"]
+    if pol.reserve is None and not offtake:
+        return None
+    product = pol.reserve.product if pol.reserve is not None else offtake[0]
+    owner = pol.reserve.owner if pol.reserve is not None else "alliance"
+    members = [c for c in s.countries if s.bloc_of(c) == owner]
+    country = c_index[owner] if owner in c_index else c_index[(members or list(s.countries))[0]]
+    return (
+        add_row(product, RESERVE, 0, INPUT, country),
+        add_row(product, RESERVE, 0, OUTPUT, country),
     )
 
 
