@@ -137,15 +137,21 @@ class Producer(mesa.Agent):
         return cap
 
     @staticmethod
-    def unit_margin(model: RareEarthModel, market_view: bool) -> np.ndarray:
+    def unit_margin(
+        model: RareEarthModel, market_view: bool, guaranteed: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per producer: expected margin per kg of output capacity unit (US$/kg).
 
         With ``market_view`` the margin uses market-wide expected prices (for idle producers
         and projects, which sell nothing); otherwise each producer's own expected prices.
+        ``guaranteed`` (per product) raises the market-view sale prices to a price floor.
         """
         w, p, s = model.world, model.world.producers, model.world.stocks
         n_e = len(w.layout.elements)
-        oxide_price = model.expected_market_price[1 : 1 + n_e]  # per element
+        oxide_price = model.expected_market_price[1 : 1 + n_e]  # per element, as a cost
+        sale_price = model.expected_market_price  # per product, as revenue
+        if guaranteed is not None:
+            sale_price = np.maximum(sale_price, guaranteed)
         margin = np.zeros(len(p.names))
         mine = p.stage == 0
         sep = p.stage == 1
@@ -159,7 +165,7 @@ class Producer(mesa.Agent):
         typical_ore = model.typical_ore_composition  # per element
         yields = typical_ore * p.recovery  # per producer × element
         if market_view:
-            value = yields @ oxide_price
+            value = yields @ sale_price[1 : 1 + n_e]
             input_cost = np.full(
                 len(p.names), model.concentrate_price_per_basket_value * (typical_ore @ oxide_price)
             )
@@ -175,7 +181,7 @@ class Producer(mesa.Agent):
             magnet = w.products.index("magnet")
             recipe_cost = w.magnet_recipe @ oxide_price
             if market_view:
-                price = np.full(len(p.names), model.expected_market_price[magnet])
+                price = np.full(len(p.names), sale_price[magnet])
             else:
                 price = s.expected_price_usd_per_kg[np.maximum(p.output_rows[:, magnet], 0)]
             margin[mag] = price[mag] - p.unit_cost_usd_per_kg[mag] - recipe_cost
@@ -238,6 +244,9 @@ class Producer(mesa.Agent):
         )
         # pipeline projects by NPV at market prices
         margin = Producer.unit_margin(model, market_view=True)
+        floored = Producer.unit_margin(model, True, model.policy.guaranteed_prices())
+        covered = p.country != model.world.china  # compliant producers a floor covers
+        margin = np.where(covered, floored, margin)
         npv = project_npv(
             margin,
             p.pending_capacity_t_per_yr,
@@ -635,11 +644,11 @@ class StrategicReserve(mesa.Agent):
         model.row_reservation[held_in] = cfg.buy_trigger_usd_per_kg  # buys only below it
         model.row_min_compliant[held_in] = 1.0  # and only compliant material
         target = self.target_t()
-        price = s.expected_price_usd_per_kg[held_in]
         budget = cfg.loan_usd_million + cfg.private_usd_million - self.spent_usd_million
         room = max(target - s.qty_t[held_in] - model.in_transit_t[held_in], 0.0)
         step = cfg.max_buy_share_per_month * target * 12 / model.config.ticks_per_year
-        affordable = max(budget, 0.0) * KG_PER_T / max(price, 1e-9)
+        # it pays at most the buy trigger (its reservation price), so this never overspends
+        affordable = max(budget, 0.0) * KG_PER_T / cfg.buy_trigger_usd_per_kg
         s.desired_t[held_in] = min(room, step, affordable)
         owner_price = model.owner_landed_price(cfg.owner, s.product[held_in])
         shortage = model.last_shortage[model.bloc_of_party(cfg.owner)]

@@ -79,6 +79,7 @@ class Clearing:
 
     flow: np.ndarray  # per edge: tonnes shipped
     orders: np.ndarray  # per seller: tonnes ordered, summed over rounds
+    edge_orders: np.ndarray  # per edge: tonnes ordered, summed over rounds
     unmet: np.ndarray  # per buyer: tonnes wanted but not obtained
 
 
@@ -131,6 +132,7 @@ def clear(
     want_any = demand - want_compliant  # per buyer
     flow = np.zeros(len(cost))  # per edge
     orders = np.zeros(n_sellers)  # per seller
+    ordered = np.zeros(len(cost))  # per edge
     for _ in range(rounds):
         open_edge = eligible & (left[seller] > EPS_T)  # per edge
         tranche_orders = []
@@ -142,6 +144,7 @@ def clear(
         if received.sum() <= EPS_T:
             break
         orders += received
+        ordered += edge_orders
         fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
         edge_fill = fill[seller]  # per edge
         if group is not None and group_cap is not None and len(group_cap):
@@ -153,7 +156,7 @@ def clear(
             np.maximum(want, 0.0, out=want)
         left -= np.bincount(seller, edge_orders * edge_fill, minlength=n_sellers)
         np.maximum(left, 0.0, out=left)
-    return Clearing(flow=flow, orders=orders, unmet=want_compliant + want_any)
+    return Clearing(flow=flow, orders=orders, edge_orders=ordered, unmet=want_compliant + want_any)
 
 
 def _ration_groups(
@@ -186,6 +189,26 @@ def adjust_asks(
         np.where(orders > EPS_T, 1.0, 0.0),
     )
     return np.maximum(ask * np.exp(kappa * np.clip(excess, -1.0, 1.0)), floor)
+
+
+def adjust_export_asks(
+    export_ask: np.ndarray,
+    ask: np.ndarray,
+    export_orders: np.ndarray,
+    export_sold: np.ndarray,
+    kappa: float,
+) -> np.ndarray:
+    """Next export ask of each seller under export controls (quota rent, two-tier prices).
+
+    Where controlled export orders exceed what passed the quota, the export ask rises like an
+    ask facing excess demand; where they do not, it decays back towards the seller's own ask.
+    It is never below that ask.
+    """
+    rationed = export_orders > export_sold + EPS_T
+    excess = np.where(rationed, (export_orders - export_sold) / np.maximum(export_sold, EPS_T), 0.0)
+    raised = export_ask * np.exp(kappa * np.clip(excess, 0.0, 1.0))
+    relaxed = export_ask * np.exp(-kappa)
+    return np.maximum(np.where(rationed, raised, relaxed), ask)
 
 
 def smooth(expected: np.ndarray, observed: np.ndarray, weight: float) -> np.ndarray:

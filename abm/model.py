@@ -26,7 +26,7 @@ from abm.agents import (
     planned_offer_t,
 )
 from abm.policy import PolicyState
-from abm.scenario import Scenario, load_scenario
+from abm.scenario import Policies, Scenario, load_scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
@@ -247,18 +247,25 @@ class RareEarthModel(mesa.Model):
     def _warm_up(self, ticks: int) -> None:
         """Run ``ticks`` ticks before the start so stocks, pipelines and provenance settle.
 
-        Investment is off during warm-up; afterwards the clock, cash and cumulative totals are
-        reset, and the stock on hand becomes the initial mass of the balance.
+        Investment and every policy are off during warm-up, so tick 0 is the same no-policy
+        state a baseline run with the same seed starts from; the scenario's policies act from
+        tick 1. Afterwards the clock, cash and cumulative totals are reset, and the stock on
+        hand becomes the initial mass of the balance.
         """
         self.warming_up = True
         self.tick = -ticks
+        config, self.config = self.config, self.config.model_copy(update={"policies": Policies()})
         self.effective_capacity = Producer.effective_capacity_t(self)
         for _ in range(ticks):
             self.step()
+        self.config = config
+        self.policy.refresh()
         self.warming_up = False
         self.tick = 0
         self.world.producers.cash_usd_million[:] = 0.0
         self.world.buyers.cash_usd_million[:] = 0.0
+        self.reserve.cash_usd_million = 0.0
+        self.reserve.spent_usd_million = 0.0
         self._init_accounts_after_warmup()
 
     def _init_accounts_after_warmup(self) -> None:
@@ -340,6 +347,8 @@ class RareEarthModel(mesa.Model):
     def _begin_tick(self) -> None:
         s = self.world.stocks
         s.orders_t[:] = 0.0
+        s.export_orders_t[:] = 0.0
+        s.export_sold_t[:] = 0.0
         s.available_t[:] = 0.0
         s.sold_t[:] = 0.0
         s.bought_t[:] = 0.0
@@ -403,7 +412,8 @@ class RareEarthModel(mesa.Model):
         if sl.stop == sl.start:
             return
         sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
-        own_ask = s.ask_usd_per_kg[sellers]
+        controlled = self.policy.export_group[sl] >= 0  # per edge: quota or licence applies
+        own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], s.ask_usd_per_kg[sellers])
         ask = own_ask
         if self.policy.strategic_active:
             ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
@@ -443,7 +453,16 @@ class RareEarthModel(mesa.Model):
         bought = np.bincount(m.buyer_local, flow, minlength=len(m.buyer_rows))
         s.qty_t[m.seller_rows] = np.maximum(s.qty_t[m.seller_rows] - sold, 0.0)
         s.available_t[m.seller_rows] = planned_offer_t(self, m.seller_rows)
-        s.orders_t[m.seller_rows] = result.orders
+        # a seller's (domestic) ask answers the orders it could serve; export orders rationed
+        # away by a quota drive its export ask instead (two-tier prices, §8)
+        n_s = len(m.seller_rows)
+        export_orders = np.bincount(
+            m.seller_local[controlled], result.edge_orders[controlled], minlength=n_s
+        )
+        export_sold = np.bincount(m.seller_local[controlled], flow[controlled], minlength=n_s)
+        s.orders_t[m.seller_rows] = result.orders - export_orders + export_sold
+        s.export_orders_t[m.seller_rows] = export_orders
+        s.export_sold_t[m.seller_rows] = export_sold
         s.sold_t[m.seller_rows] = sold
         s.bought_t[m.buyer_rows] = bought
         e.flow_t[sl] = flow
@@ -583,6 +602,13 @@ class RareEarthModel(mesa.Model):
         if cfg.price_noise > 0:
             ask = np.maximum(ask * np.exp(self.rng.normal(0.0, cfg.price_noise, len(out))), floor)
         s.ask_usd_per_kg[out] = ask
+        s.export_ask_usd_per_kg[out] = market.adjust_export_asks(
+            s.export_ask_usd_per_kg[out],
+            ask,
+            s.export_orders_t[out],
+            s.export_sold_t[out],
+            cfg.price_adjustment,
+        )
         s.expected_sales_t[out] = market.smooth(
             s.expected_sales_t[out], s.sold_t[out], cfg.expectation_smoothing
         )

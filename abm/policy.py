@@ -283,15 +283,19 @@ class PolicyState:
         subsidy = float(np.clip(net, 0, None).sum())
         return net, subsidy, float(np.clip(-net, 0, None).sum())
 
-    def guaranteed_price(self, stage_products: np.ndarray) -> np.ndarray:
-        """Per product: the floor a compliant new producer can count on (0 where none)."""
+    def guaranteed_prices(self) -> np.ndarray:
+        """Per product: the floor a compliant producer can count on when investing (0: none).
+
+        Subsidy and offtake floors guarantee F to the producer; a border-adjusted floor only
+        protects the alliance market, so it does not count here.
+        """
         w = self.model.world
         out = np.zeros(len(w.products))
         for floor in self.model.config.policies.price_floors:
             if floor.mechanism in ("price_gap_subsidy", "offtake"):
                 p = w.products.index(floor.product)
                 out[p] = max(out[p], floor.level_usd_per_kg)
-        return out[stage_products] if len(stage_products) else out
+        return out
 
     # ------------------------------------------------------------------ China's pricing mode
 

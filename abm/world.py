@@ -164,6 +164,9 @@ class Stocks:
     qty_t: np.ndarray  # per row: tonnes on hand
     attrs: np.ndarray  # per row × attribute: lot attributes, mass-weighted
     ask_usd_per_kg: np.ndarray  # per row: asking price (output rows)
+    export_ask_usd_per_kg: np.ndarray  # per row: ask on quota- or licence-controlled exports
+    export_orders_t: np.ndarray  # per row: controlled export orders this tick
+    export_sold_t: np.ndarray  # per row: controlled exports sold this tick
     expected_price_usd_per_kg: np.ndarray  # per row: smoothed price received or paid
     cost_floor_usd_per_kg: np.ndarray  # per row: ask floor before loss tolerance
     orders_t: np.ndarray  # per row: orders received this tick (output rows)
@@ -460,6 +463,9 @@ def _build_stocks(
         qty_t=np.zeros(n),
         attrs=attrs,
         ask_usd_per_kg=ask.copy(),
+        export_ask_usd_per_kg=ask.copy(),
+        export_orders_t=np.zeros(n),
+        export_sold_t=np.zeros(n),
         expected_price_usd_per_kg=ask.copy(),
         cost_floor_usd_per_kg=np.zeros(n),
         orders_t=np.zeros(n),
