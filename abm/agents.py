@@ -138,18 +138,23 @@ class Producer(mesa.Agent):
 
     @staticmethod
     def unit_margin(
-        model: RareEarthModel, market_view: bool, guaranteed: np.ndarray | None = None
+        model: RareEarthModel,
+        market_view: bool,
+        guaranteed: np.ndarray | None = None,
+        prices: np.ndarray | None = None,
     ) -> np.ndarray:
         """Per producer: expected margin per kg of output capacity unit (US$/kg).
 
         With ``market_view`` the margin uses market-wide expected prices (for idle producers
         and projects, which sell nothing); otherwise each producer's own expected prices.
-        ``guaranteed`` (per product) raises the market-view sale prices to a price floor.
+        ``guaranteed`` (per product) raises the market-view sale prices to a price floor;
+        ``prices`` (per product) replaces the market-wide expected prices.
         """
         w, p, s = model.world, model.world.producers, model.world.stocks
         n_e = len(w.layout.elements)
-        oxide_price = model.expected_market_price[1 : 1 + n_e]  # per element, as a cost
-        sale_price = model.expected_market_price  # per product, as revenue
+        market = model.expected_market_price if prices is None else prices
+        oxide_price = market[1 : 1 + n_e]  # per element, as a cost
+        sale_price = market  # per product, as revenue
         if guaranteed is not None:
             sale_price = np.maximum(sale_price, guaranteed)
         margin = np.zeros(len(p.names))
@@ -188,11 +193,22 @@ class Producer(mesa.Agent):
         return margin
 
     @staticmethod
+    def market_margin(model: RareEarthModel, guaranteed: np.ndarray | None = None) -> np.ndarray:
+        """Per producer: unit margin at the prices of the market it would sell into.
+
+        Producers in China value output at world-wide expected prices; producers elsewhere at
+        the prices paid outside China, which differ when exports are controlled (two tiers).
+        """
+        inside = Producer.unit_margin(model, True, guaranteed)
+        outside = Producer.unit_margin(model, True, guaranteed, model.expected_price_abroad)
+        return np.where(model.world.producers.country == model.world.china, inside, outside)
+
+    @staticmethod
     def review_operations(model: RareEarthModel) -> None:
         """Idle after months of losses, restart when the market margin is positive, close."""
         p, inv = model.world.producers, model.config.investment
         own = Producer.unit_margin(model, market_view=False)
-        market = Producer.unit_margin(model, market_view=True)
+        market = Producer.market_margin(model)
         operating = p.status == OPERATING
         losing = operating & (own < 0)
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
@@ -243,8 +259,8 @@ class Producer(mesa.Agent):
             expand, model.tick + round(inv.expansion_lead_time_years * tpy), p.online_tick
         )
         # pipeline projects by NPV at market prices
-        margin = Producer.unit_margin(model, market_view=True)
-        floored = Producer.unit_margin(model, True, model.policy.guaranteed_prices())
+        margin = Producer.market_margin(model)
+        floored = Producer.market_margin(model, model.policy.guaranteed_prices())
         covered = p.country != model.world.china  # compliant producers a floor covers
         margin = np.where(covered, floored, margin)
         npv = project_npv(

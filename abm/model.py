@@ -84,6 +84,7 @@ class RareEarthModel(mesa.Model):
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
         self._init_buyer_terms()
         self.expected_market_price = self.world.reference_price.copy()
+        self.expected_price_abroad = self.world.reference_price.copy()  # buyers outside China
         self.typical_ore_composition = self._typical_ore()
         self.concentrate_price_per_basket_value = self._initial_netback()
         self._price_scale = self._logit_price_scale()
@@ -449,6 +450,7 @@ class RareEarthModel(mesa.Model):
             group_cap=self.policy.quota_left_t,
         )
         flow = result.flow  # per edge
+        self.policy.record_export_orders(sl, result.edge_orders)
         sold = np.bincount(m.seller_local, flow, minlength=len(m.seller_rows))
         bought = np.bincount(m.buyer_local, flow, minlength=len(m.buyer_rows))
         s.qty_t[m.seller_rows] = np.maximum(s.qty_t[m.seller_rows] - sold, 0.0)
@@ -624,6 +626,15 @@ class RareEarthModel(mesa.Model):
         observed = np.where(traded, value / np.maximum(volume, 1e-300), self.expected_market_price)
         self.expected_market_price = market.smooth(
             self.expected_market_price, observed, cfg.expectation_smoothing
+        )
+        abroad = w.stocks.country[e.buyer] != w.china  # per edge
+        volume = np.bincount(e.product[abroad], e.flow_t[abroad], minlength=n_prod)
+        value = np.bincount(e.product[abroad], (e.flow_t * self.edge_ask)[abroad], minlength=n_prod)
+        observed = np.where(
+            volume > 0, value / np.maximum(volume, 1e-300), self.expected_price_abroad
+        )
+        self.expected_price_abroad = market.smooth(
+            self.expected_price_abroad, observed, cfg.expectation_smoothing
         )
         self._update_netback()
 

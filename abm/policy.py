@@ -71,7 +71,8 @@ class PolicyState:
         self.capacity_factor = np.ones(n_p)  # per producer: 0 during an outage
         self.demand_factor = np.ones(n_b)  # per buyer: demand shocks
         self.export_group = np.full(len(model.world.edges.seller), -1)  # per edge
-        self.quota_left_t = np.zeros(0)  # per export control: left this tick
+        self.quota_left_t = np.zeros(0)  # per (control, product): tonnes left this tick
+        self.export_orders_t = np.zeros(0)  # per (control, product): export orders this tick
         self.strategic_spent_usd_million = 0.0
         self.strategic_active = False
 
@@ -95,7 +96,7 @@ class PolicyState:
             for path, value in event.set.items():
                 undo[path] = _get_path(data, path)
                 _set_path(data, path, value)
-            model.config = _revalidate(data, event)
+            model.config = _revalidate(data, model.config.events, event)
         months = event.duration_months
         until = (
             None
@@ -110,7 +111,7 @@ class PolicyState:
             data = model.config.model_dump(mode="python", by_alias=True)
             for path, value in effect.undo.items():
                 _set_path(data, path, value)
-            model.config = _revalidate(data, effect.event)
+            model.config = _revalidate(data, model.config.events, effect.event)
 
     def _shocks(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
         """Capacity and demand factors, and transport cuts, of the effects in force."""
@@ -183,31 +184,59 @@ class PolicyState:
             ab = party_mask(a, seller_c, model) & party_mask(b, buyer_c, model)
             ba = party_mask(b, seller_c, model) & party_mask(a, buyer_c, model)
             allowed &= ~(ab | ba)
-        group = np.full(len(e.seller), -1)
+        n_prod = len(w.products)
+        control = np.full(len(e.seller), -1)  # per edge: the export control that applies
         for g, rule in enumerate(pol.export_controls):
             match = (
                 exports
-                & (group < 0)
+                & (control < 0)
                 & product_mask(rule.product, e.product, model)
                 & party_mask(rule.destination, buyer_c, model)
             )
-            group[match] = g
+            control[match] = g
             if rule.quota_t_per_yr == 0:
                 allowed &= ~match
         e.tariff, e.duty, e.allowed = tariff, duty, allowed
         e.transport_usd_per_kg = e.base_transport_usd_per_kg * (1.0 - discount)
-        self.export_group = group
+        # a quota is shared by the products it covers pro rata to last tick's export orders,
+        # so no product's market takes it all just by clearing first
+        self.export_group = np.where(control >= 0, control * n_prod + e.product, -1)
+        self._set_quotas(pol, control, n_prod, cfg.ticks_per_year)
         tpy = cfg.ticks_per_year
-        self.quota_left_t = np.array(
-            [
-                np.inf if rule.quota_t_per_yr is None else rule.quota_t_per_yr / tpy
-                for rule in pol.export_controls
-            ]
-        )
         self.licence_delay_ticks = np.array(
             [round(rule.delay_months * tpy / 12) for rule in pol.export_controls], dtype=np.int64
         )
         self.approval = np.array([rule.approval_probability for rule in pol.export_controls])
+
+    def _set_quotas(self, pol: Any, control: np.ndarray, n_prod: int, tpy: int) -> None:
+        n_groups = len(pol.export_controls) * n_prod
+        covered = np.zeros(n_groups)
+        covered[np.unique(self.export_group[control >= 0])] = 1.0
+        covered = covered.reshape(-1, n_prod)  # control × product
+        last = (
+            self.export_orders_t.reshape(-1, n_prod)
+            if len(self.export_orders_t) == n_groups
+            else np.zeros_like(covered)
+        )
+        basis = np.where(last.sum(axis=1, keepdims=True) > 0, last * covered, covered)
+        share = basis / np.maximum(basis.sum(axis=1, keepdims=True), 1e-300)
+        cap = np.array(
+            [
+                np.inf if rule.quota_t_per_yr is None else rule.quota_t_per_yr / tpy
+                for rule in pol.export_controls
+            ]
+        ).reshape(-1, 1)
+        self.quota_left_t = np.where(np.isinf(cap), np.inf, cap * share).ravel()
+        self.export_orders_t = np.zeros(n_groups)
+
+    def record_export_orders(self, sl: slice, edge_orders: np.ndarray) -> None:
+        """Accumulate this tick's controlled export orders per (control, product)."""
+        group = self.export_group[sl]
+        controlled = group >= 0
+        if controlled.any():
+            self.export_orders_t += np.bincount(
+                group[controlled], edge_orders[controlled], minlength=len(self.export_orders_t)
+            )
 
     # ------------------------------------------------------------------ during clearing
 
@@ -217,7 +246,7 @@ class PolicyState:
         controlled = group >= 0
         granted = np.ones(len(group), dtype=bool)
         if controlled.any():
-            p = self.approval[group[controlled]]
+            p = self.approval[group[controlled] // len(self.model.world.products)]
             draws = self.model.rng.random(int(controlled.sum()))
             granted[controlled] = draws < p
         return granted
@@ -227,7 +256,9 @@ class PolicyState:
         group = self.export_group[sl]
         out = np.zeros(len(group), dtype=np.int64)
         controlled = group >= 0
-        out[controlled] = self.licence_delay_ticks[group[controlled]]
+        out[controlled] = self.licence_delay_ticks[
+            group[controlled] // len(self.model.world.products)
+        ]
         return out
 
     def export_asks(self, sl: slice, ask: np.ndarray, cost_floor: np.ndarray) -> np.ndarray:
@@ -327,6 +358,12 @@ def _get_path(data: dict[str, Any], path: str) -> Any:
     return copy.deepcopy(node)
 
 
-def _revalidate(data: dict[str, Any], event: Event) -> Scenario:
-    """The scenario after an event (already validated at load, so this cannot fail)."""
-    return build_scenario(data, f"event '{event.name or event.at}'")
+def _revalidate(data: dict[str, Any], events: list[Event], event: Event) -> Scenario:
+    """The scenario after an event's changes; the event list itself is kept as loaded.
+
+    Each event was validated at load against the initial scenario; other events are not
+    re-checked against the changed one, so an event may build on what an earlier one set.
+    """
+    data = {key: value for key, value in data.items() if key != "events"}
+    scenario = build_scenario(data, f"event '{event.name or event.at}'")
+    return scenario.model_copy(update={"events": events})
