@@ -210,11 +210,12 @@ class Producer(mesa.Agent):
         own = Producer.unit_margin(model, market_view=False)
         market = Producer.market_margin(model)
         operating = p.status == OPERATING
-        losing = operating & (own < 0)
+        price_now = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)
+        losing = operating & (own < -1e-9 * price_now)  # below cost beyond rounding
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
         to_idle = operating & (p.loss_months >= inv.loss_months_to_idle)
         idle = p.status == IDLE
-        restart = idle & (market > 0)
+        restart = idle & (market > 1e-9 * np.abs(market + p.unit_cost_usd_per_kg))
         p.idle_months = np.where(idle & ~restart, p.idle_months + 1, 0)
         close = idle & ~restart & (p.idle_months >= inv.idle_months_to_close)
         p.status = np.where(to_idle, IDLE, p.status)
@@ -307,30 +308,38 @@ def output_target(model: RareEarthModel, rows: np.ndarray, capacity_t: np.ndarra
     return np.clip(s.expected_sales_t[rows] + (target - s.qty_t[rows]) / adjust, 0.0, None)
 
 
-def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
-    """Per output row: its owner's capacity per tick in the row's product (typical yields)."""
+def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per output row: owner's effective capacity and output this tick, in the row's product.
+
+    Effective capacity counts status, ramp-up, quotas and outages; separation plants' oxide
+    rows use the typical ore's yields.
+    """
     p, s = model.world.producers, model.world.stocks
-    owner = s.owner[rows]
-    cap = p.capacity_t_per_yr[owner] / model.config.ticks_per_year
+    owner = np.where(s.owner_kind[rows] == RESERVE, 0, s.owner[rows])
+    cap = np.where(s.owner_kind[rows] == RESERVE, 0.0, model.effective_capacity[owner])
     element = s.product[rows] - 1
     sep = p.stage[owner] == 1
     yields = np.ones(len(rows))
     yields[sep] = model.typical_ore_composition[element[sep]] * p.recovery[owner[sep], element[sep]]
-    return cap * yields
+    return cap * yields, p.output_t[owner] * yields
 
 
 def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
-    """Per output row: what the seller means to sell this tick.
+    """Per output row: what the seller could sell this tick; its ask is set against it (§7.2).
 
-    Its ask is set against this quantity (§7.2): expected sales plus a share of the stock above
-    target, at least a tenth of capacity, at most the stock on hand.
+    Its planned sales — expected sales plus a share of the stock above target, at least a
+    tenth of capacity, at most the stock on hand — plus the capacity it left unused this tick:
+    a seller with spare capacity meets orders below that as excess supply and cuts its ask
+    towards cost, so prices under slack capacity settle at the marginal seller's cost (the
+    spatial equilibrium of §11.2) and rise above it only where capacity binds.
     """
     s, cfg = model.world.stocks, model.config.market
-    capacity = output_capacity_t(model, rows)
+    capacity, made = output_capacity_t(model, rows)
     target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity
     adjust = model.months_to_ticks(cfg.order_adjust_months)
     offer = s.expected_sales_t[rows] + (s.qty_t[rows] - target) / adjust
     offer = np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
+    offer = offer + np.maximum(capacity - made, 0.0)
     return np.where(s.owner_kind[rows] == RESERVE, s.qty_t[rows], offer)  # releases: all of it
 
 

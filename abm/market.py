@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPS_T = 1e-12  # tonnes below which a quantity counts as nothing
+TINY = 1e-12  # share of a market's size below which a quantity counts as nothing
+
+
+def _tiny(*quantities: np.ndarray) -> float:
+    """Quantity that counts as nothing in a market of these quantities (scale-free)."""
+    return TINY * max(sum(float(np.abs(q).sum()) for q in quantities), 1e-300)
 
 
 def landed_cost(
@@ -127,6 +132,7 @@ def clear(
 
     """
     n_sellers, n_buyers = len(available), len(demand)
+    nothing = _tiny(available, demand)
     left = available.astype(float).copy()  # per seller
     want_compliant = demand * min_compliant_share  # per buyer
     want_any = demand - want_compliant  # per buyer
@@ -134,14 +140,14 @@ def clear(
     orders = np.zeros(n_sellers)  # per seller
     ordered = np.zeros(len(cost))  # per edge
     for _ in range(rounds):
-        open_edge = eligible & (left[seller] > EPS_T)  # per edge
+        open_edge = eligible & (left[seller] > nothing)  # per edge
         tranche_orders = []
         for want, mask in ((want_compliant, open_edge & compliant), (want_any, open_edge)):
             share = logit_shares(cost, buyer, mask, n_buyers, beta, price_scale)
             tranche_orders.append(want[buyer] * share)  # per edge
         edge_orders = tranche_orders[0] + tranche_orders[1]  # per edge
         received = np.bincount(seller, edge_orders, minlength=n_sellers)  # per seller
-        if received.sum() <= EPS_T:
+        if received.sum() <= nothing:
             break
         orders += received
         ordered += edge_orders
@@ -182,11 +188,12 @@ def adjust_asks(
     A seller with nothing to offer and no orders keeps its ask; one with nothing to offer but
     orders raises it by the full step. The result is bounded below by ``floor`` (per seller).
     """
-    has_stock = available > EPS_T
+    nothing = _tiny(orders, available)
+    has_stock = available > nothing
     excess = np.where(
         has_stock,
         (orders - available) / np.where(has_stock, available, 1.0),
-        np.where(orders > EPS_T, 1.0, 0.0),
+        np.where(orders > nothing, 1.0, 0.0),
     )
     return np.maximum(ask * np.exp(kappa * np.clip(excess, -1.0, 1.0)), floor)
 
@@ -204,8 +211,11 @@ def adjust_export_asks(
     ask facing excess demand; where they do not, it decays back towards the seller's own ask.
     It is never below that ask.
     """
-    rationed = export_orders > export_sold + EPS_T
-    excess = np.where(rationed, (export_orders - export_sold) / np.maximum(export_sold, EPS_T), 0.0)
+    nothing = _tiny(export_orders)
+    rationed = export_orders > export_sold + nothing
+    excess = np.where(
+        rationed, (export_orders - export_sold) / np.maximum(export_sold, nothing), 0.0
+    )
     raised = export_ask * np.exp(kappa * np.clip(excess, 0.0, 1.0))
     relaxed = export_ask * np.exp(-kappa)
     return np.maximum(np.where(rationed, raised, relaxed), ask)

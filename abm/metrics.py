@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from abm.model import RareEarthModel
 
 STAGES = ("mining", "separation", "magnets")
+NEGLIGIBLE_SHARE = 1e-9  # of a product's traded volume in a tick
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ def price(model: RareEarthModel, product: int, kind: str) -> float:
         "compliant": on & v["compliant"],
     }[kind]
     prices = model.edge_landed if kind == "alliance_landed" else model.edge_ask
+    # a trade counts when it is more than a billionth of the product's volume this tick, so
+    # vanishing logit tails (underflowing differently at different scales) do not count
+    if v["flow"][select].sum() <= NEGLIGIBLE_SHARE * v["flow"][on].sum():
+        return float("nan")
     return _weighted(prices[select], v["flow"][select])
 
 

@@ -27,6 +27,7 @@ def clear_reference(
     want = [[d * m, d - d * m] for d, m in zip(demand, min_compliant, strict=True)]
     flow = [0.0] * n_edges
     orders_total = [0.0] * len(available)
+    nothing = 1e-12 * max(sum(abs(a) for a in available) + sum(abs(d) for d in demand), 1e-300)
     edges_of = {}
     for e in range(n_edges):
         edges_of.setdefault(int(buyer[e]), []).append(e)
@@ -37,7 +38,7 @@ def clear_reference(
                 usable = [
                     e
                     for e in edges
-                    if eligible[e] and left[seller[e]] > 1e-12 and (tranche == 1 or compliant[e])
+                    if eligible[e] and left[seller[e]] > nothing and (tranche == 1 or compliant[e])
                 ]
                 if not usable or want[b][tranche] <= 0:
                     continue
@@ -49,7 +50,7 @@ def clear_reference(
         received = [0.0] * len(available)
         for e in range(n_edges):
             received[seller[e]] += placed[e][0] + placed[e][1]
-        if sum(received) <= 1e-12:
+        if sum(received) <= nothing:
             break
         fill = []
         for s in range(len(available)):
