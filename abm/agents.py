@@ -662,7 +662,7 @@ class StrategicReserve(mesa.Agent):
         self = model.reserve
         cfg = model.config.policies.reserve
         self.tick_released_t = 0.0
-        if self.rows is None or cfg is None:
+        if self.rows is None or cfg is None or model.warming_up:
             return
         s = model.world.stocks
         held_in, held_out = self.rows
@@ -681,7 +681,10 @@ class StrategicReserve(mesa.Agent):
             owner_price >= cfg.release_trigger_usd_per_kg
             or shortage > cfg.release_shortage_threshold
         ):
-            release = min(s.qty_t[held_in], step)
+            release_step = (
+                cfg.max_release_share_per_month * target * 12 / model.config.ticks_per_year
+            )
+            release = min(s.qty_t[held_in], release_step)
             if release > 0:
                 attrs = s.attrs[held_in][None, :]
                 provenance.mix_into(
@@ -696,7 +699,7 @@ class StrategicReserve(mesa.Agent):
     @staticmethod
     def offtake(model: RareEarthModel, product: int) -> None:
         """Offtake floors: the alliance buys a volume at F from compliant sellers, pro rata."""
-        if model.reserve.rows is None:
+        if model.reserve.rows is None or model.warming_up:
             return
         w, s = model.world, model.world.stocks
         held_in = model.reserve.rows[0]
@@ -707,7 +710,7 @@ class StrategicReserve(mesa.Agent):
                 (s.product == product)
                 & (s.role == 0)
                 & (s.owner_kind != RESERVE)
-                & (s.attrs[:, w.layout.touched_cn] < 1e-9)
+                & model.compliant_rows(np.arange(len(s.qty_t)))
                 & (s.qty_t > 0)
             )
             if len(sellers) == 0:

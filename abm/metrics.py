@@ -68,7 +68,7 @@ def _compute_edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
         "seller_cn": seller_c == w.china,
         "buyer_cn": buyer_c == w.china,
         "buyer_bloc": w.country_bloc[buyer_c],
-        "compliant": s.attrs[e.seller, w.layout.touched_cn] < 1e-9,
+        "compliant": model.compliant_rows(e.seller),
         "product": e.product,
         "flow": e.flow_t,
     }
@@ -271,7 +271,7 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
             Metric(
                 f"price_compliant_{tag}",
                 unit,
-                f"Volume-weighted price of compliant {name} (no CN mine or plant in it).",
+                f"Volume-weighted price of compliant {name} (CN share within de minimis).",
                 partial(price, product=p, kind="compliant"),
             )
         )

@@ -26,11 +26,10 @@ from abm.agents import (
     planned_offer_t,
 )
 from abm.policy import PolicyState
-from abm.scenario import Policies, Scenario, load_scenario
+from abm.scenario import Scenario, load_scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
-COMPLIANT_TOLERANCE = 1e-9  # a lot is compliant when its China-touched share is below this
 # accounts of the closed money system (US$ M): parties that receive money from producers and
 # buyers, and the public budgets that pay money out to them
 RECEIVED = (
@@ -248,20 +247,19 @@ class RareEarthModel(mesa.Model):
     def _warm_up(self, ticks: int) -> None:
         """Run ``ticks`` ticks before the start so stocks, pipelines and provenance settle.
 
-        Investment and every policy are off during warm-up, so tick 0 is the same no-policy
-        state a baseline run with the same seed starts from; the scenario's policies act from
-        tick 1. Afterwards the clock, cash and cumulative totals are reset, and the stock on
-        hand becomes the initial mass of the balance.
+        The scenario's standing ``policies`` are in force during warm-up (they describe the
+        world as it is at the start); dated ``events`` are not, investment is off, and the
+        reserve and offtake purchases do not act. Afterwards the clock, cash, budgets and
+        cumulative totals are reset, and the stock on hand becomes the initial mass of the
+        balance.
         """
         self.warming_up = True
         self.tick = -ticks
-        config, self.config = self.config, self.config.model_copy(update={"policies": Policies()})
         self.effective_capacity = Producer.effective_capacity_t(self)
         for _ in range(ticks):
             self.step()
-        self.config = config
-        self.policy.refresh()
         self.warming_up = False
+        self.policy.strategic_spent_usd_million = 0.0
         self.tick = 0
         self.world.producers.cash_usd_million[:] = 0.0
         self.world.buyers.cash_usd_million[:] = 0.0
@@ -407,7 +405,7 @@ class RareEarthModel(mesa.Model):
 
     def _clear_market(self, product: int) -> None:
         """Clear one product market (MODEL.md §7.1) and ship, pay and record the flows."""
-        w, s, e = self.world, self.world.stocks, self.world.edges
+        s, e = self.world.stocks, self.world.edges
         m = self._markets[product]
         sl = m.edges
         if sl.stop == sl.start:
@@ -418,7 +416,7 @@ class RareEarthModel(mesa.Model):
         ask = own_ask
         if self.policy.strategic_active:
             ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
-        compliant = s.attrs[sellers, w.layout.touched_cn] < COMPLIANT_TOLERANCE
+        compliant = self.compliant_rows(sellers)
         e.levy_usd_per_kg[sl] = self.policy.border_levy(sl, product, ask, compliant)
         landed = market.landed_cost(
             ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl], e.transport_usd_per_kg[sl], 0.0
@@ -474,6 +472,11 @@ class RareEarthModel(mesa.Model):
         self._pay(sl, sellers, buyers, flow, ask, landed)
         self._pay_policy(product, sellers, flow, own_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
+
+    def compliant_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per stock row: its lot counts as compliant under the rules in force."""
+        de_minimis = self.config.policies.compliance.de_minimis_share
+        return provenance.is_compliant(self.world.stocks.attrs[rows], self.world.layout, de_minimis)
 
     def bloc_of_party(self, party: str) -> str:
         """The bloc a party (bloc or country code) belongs to."""

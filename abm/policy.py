@@ -66,6 +66,7 @@ class PolicyState:
     def __init__(self, model: RareEarthModel) -> None:
         self.model = model
         self.effects: list[_Effect] = []
+        self.applied: set[int] = set()  # indices of events already applied
         n_p = len(model.world.producers.names)
         n_b = len(model.world.buyers.names)
         self.capacity_factor = np.ones(n_p)  # per producer: 0 during an outage
@@ -84,8 +85,9 @@ class PolicyState:
         for effect in [e for e in self.effects if e.until == model.tick]:
             self._undo(effect)
             self.effects.remove(effect)
-        for event in model.config.events:
-            if event_tick(event, model.config) == model.tick:
+        for i, event in enumerate(model.config.events):
+            if i not in self.applied and event_tick(event, model.config) <= model.tick:
+                self.applied.add(i)  # an event dated at or before the start applies in tick 1
                 self._apply(event)
 
     def _apply(self, event: Event) -> None:
@@ -226,7 +228,8 @@ class PolicyState:
                 for rule in pol.export_controls
             ]
         ).reshape(-1, 1)
-        self.quota_left_t = np.where(np.isinf(cap), np.inf, cap * share).ravel()
+        finite = np.where(np.isinf(cap), 0.0, cap)
+        self.quota_left_t = np.where(np.isinf(cap), np.inf, finite * share).ravel()
         self.export_orders_t = np.zeros(n_groups)
 
     def record_export_orders(self, sl: slice, edge_orders: np.ndarray) -> None:

@@ -94,6 +94,15 @@ def separated_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     return origin_matrix(attrs, layout)[..., :, country].sum(axis=-1)
 
 
+def is_compliant(attrs: np.ndarray, layout: Layout, de_minimis_share: float) -> np.ndarray:
+    """Per lot: counts as compliant (at most ``de_minimis_share`` of it touched China).
+
+    Stocks are homogeneous mixtures, so a de minimis share is what lets a non-Chinese plant that
+    took a sliver of Chinese ore still sell compliant material, as rules of origin allow.
+    """
+    return attrs[..., layout.touched_cn] <= de_minimis_share + 1e-12
+
+
 def compliant_share(attrs: np.ndarray, layout: Layout) -> np.ndarray:
     """Share of each lot to which no Chinese mine or processor contributed."""
     return 1.0 - attrs[..., layout.touched_cn]

@@ -242,6 +242,12 @@ class Compliance(_Strict):
 
     min_compliant_share: float = Field(0.0, ge=0, le=1)
     ban_allied_mines_to_china: bool = False
+    de_minimis_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a lot is compliant while at most this share of it touched China",
+    )
 
 
 class Preference(_Strict):
@@ -263,6 +269,7 @@ class Reserve(_Strict):
     buy_trigger_usd_per_kg: float = Field(gt=0)
     release_trigger_usd_per_kg: float = Field(gt=0)
     max_buy_share_per_month: float = Field(0.2, gt=0, le=1, description="of target stock")
+    max_release_share_per_month: float = Field(0.5, gt=0, le=1, description="of target stock")
     release_shortage_threshold: float = Field(0.05, ge=0, le=1)
 
 
