@@ -5,7 +5,7 @@ SEED ?= 0
 
 .PHONY: setup baseline test lint
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh scripts/solara_assets.py
 	bash scripts/setup.sh
 	touch $(STAMP)
 

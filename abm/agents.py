@@ -193,14 +193,19 @@ class Producer(mesa.Agent):
         return margin
 
     @staticmethod
-    def market_margin(model: RareEarthModel, guaranteed: np.ndarray | None = None) -> np.ndarray:
+    def market_margin(
+        model: RareEarthModel, guaranteed: np.ndarray | None = None, long_run: bool = False
+    ) -> np.ndarray:
         """Per producer: unit margin at the prices of the market it would sell into.
 
         Producers in China value output at world-wide expected prices; producers elsewhere at
         the prices paid outside China, which differ when exports are controlled (two tiers).
+        With ``long_run`` the prices are investors' long-run view (``price_memory_years``).
         """
-        inside = Producer.unit_margin(model, True, guaranteed)
-        outside = Producer.unit_margin(model, True, guaranteed, model.expected_price_abroad)
+        world_price = model.long_run_price if long_run else model.expected_market_price
+        abroad = model.long_run_price_abroad if long_run else model.expected_price_abroad
+        inside = Producer.unit_margin(model, True, guaranteed, world_price)
+        outside = Producer.unit_margin(model, True, guaranteed, abroad)
         return np.where(model.world.producers.country == model.world.china, inside, outside)
 
     @staticmethod
@@ -260,8 +265,8 @@ class Producer(mesa.Agent):
             expand, model.tick + round(inv.expansion_lead_time_years * tpy), p.online_tick
         )
         # pipeline projects by NPV at market prices
-        margin = Producer.market_margin(model)
-        floored = Producer.market_margin(model, model.policy.guaranteed_prices())
+        margin = Producer.market_margin(model, long_run=True)
+        floored = Producer.market_margin(model, model.policy.guaranteed_prices(), long_run=True)
         covered = p.country != model.world.china  # compliant producers a floor covers
         margin = np.where(covered, floored, margin)
         npv = project_npv(
@@ -324,14 +329,39 @@ def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> tuple[np.ndarr
     return cap * yields, p.output_t[owner] * yields
 
 
+def _makeable_from_inputs_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
+    """Per output row: what the owner's inputs still on hand would make (mines: unlimited).
+
+    Separation: remaining concentrate times the typical yield of the row's oxide; magnets: the
+    scarcest recipe input over its coefficient.
+    """
+    w, p, s = model.world, model.world.producers, model.world.stocks
+    n_e = len(w.layout.elements)
+    owner = np.where(s.owner_kind[rows] == RESERVE, 0, s.owner[rows])
+    stage = np.where(s.owner_kind[rows] == RESERVE, 0, p.stage[owner])
+    out = np.full(len(rows), np.inf)
+    sep = stage == 1
+    if sep.any():
+        plant, element = owner[sep], s.product[rows[sep]] - 1
+        concentrate = s.qty_t[p.input_rows[plant, 0]]
+        out[sep] = concentrate * model.typical_ore_composition[element] * p.recovery[plant, element]
+    mag = stage == 2
+    if mag.any():
+        used = np.flatnonzero(w.magnet_recipe > 0)
+        inputs = p.input_rows[owner[mag]][:, 1 : 1 + n_e][:, used]  # plant × used element
+        out[mag] = (s.qty_t[inputs] / w.magnet_recipe[used]).min(axis=1)
+    return out
+
+
 def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
     """Per output row: what the seller could sell this tick; its ask is set against it (§7.2).
 
     Its planned sales — expected sales plus a share of the stock above target, at least a
-    tenth of capacity, at most the stock on hand — plus the capacity it left unused this tick:
-    a seller with spare capacity meets orders below that as excess supply and cuts its ask
-    towards cost, so prices under slack capacity settle at the marginal seller's cost (the
-    spatial equilibrium of §11.2) and rise above it only where capacity binds.
+    tenth of capacity, at most the stock on hand — plus the capacity it left unused this tick
+    and could have used with the inputs on hand: a seller with spare capacity meets orders
+    below that as excess supply and cuts its ask towards cost, so prices under slack capacity
+    settle at the marginal seller's cost (the spatial equilibrium of §11.2) and rise above it
+    only where capacity binds. Capacity idle for want of inputs is not on offer.
     """
     s, cfg = model.world.stocks, model.config.market
     capacity, made = output_capacity_t(model, rows)
@@ -339,7 +369,8 @@ def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
     adjust = model.months_to_ticks(cfg.order_adjust_months)
     offer = s.expected_sales_t[rows] + (s.qty_t[rows] - target) / adjust
     offer = np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
-    offer = offer + np.maximum(capacity - made, 0.0)
+    spare = np.minimum(np.maximum(capacity - made, 0.0), _makeable_from_inputs_t(model, rows))
+    offer = offer + spare
     return np.where(s.owner_kind[rows] == RESERVE, s.qty_t[rows], offer)  # releases: all of it
 
 

@@ -86,6 +86,7 @@ class Clearing:
     orders: np.ndarray  # per seller: tonnes ordered, summed over rounds
     edge_orders: np.ndarray  # per edge: tonnes ordered, summed over rounds
     unmet: np.ndarray  # per buyer: tonnes wanted but not obtained
+    unfilled: np.ndarray  # per edge: orders still unfilled in the last round that placed any
 
 
 def clear(
@@ -128,7 +129,9 @@ def clear(
 
     Returns:
         Flows per edge, orders per seller and unmet demand per buyer. Flows never exceed what a
-        seller had available, nor what a buyer wanted.
+        seller had available, nor what a buyer wanted. ``flow + unfilled`` counts each tonne a
+        buyer asked for once, on the edge of its last attempt (orders re-sent are not counted
+        again).
 
     """
     n_sellers, n_buyers = len(available), len(demand)
@@ -139,6 +142,7 @@ def clear(
     flow = np.zeros(len(cost))  # per edge
     orders = np.zeros(n_sellers)  # per seller
     ordered = np.zeros(len(cost))  # per edge
+    unfilled = np.zeros(len(cost))  # per edge
     for _ in range(rounds):
         open_edge = eligible & (left[seller] > nothing)  # per edge
         tranche_orders = []
@@ -155,6 +159,7 @@ def clear(
         edge_fill = fill[seller]  # per edge
         if group is not None and group_cap is not None and len(group_cap):
             edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, group, group_cap)
+        unfilled = edge_orders * (1.0 - edge_fill)
         for want, placed in ((want_compliant, tranche_orders[0]), (want_any, tranche_orders[1])):
             got = placed * edge_fill  # per edge
             flow += got
@@ -162,7 +167,13 @@ def clear(
             np.maximum(want, 0.0, out=want)
         left -= np.bincount(seller, edge_orders * edge_fill, minlength=n_sellers)
         np.maximum(left, 0.0, out=left)
-    return Clearing(flow=flow, orders=orders, edge_orders=ordered, unmet=want_compliant + want_any)
+    return Clearing(
+        flow=flow,
+        orders=orders,
+        edge_orders=ordered,
+        unmet=want_compliant + want_any,
+        unfilled=unfilled,
+    )
 
 
 def _ration_groups(

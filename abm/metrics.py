@@ -516,6 +516,7 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
         "flow_t",
         "ask_usd_per_kg",
         "landed_usd_per_kg",
+        "touched_cn_share",
     ]
     if not model.flow_log:
         return pd.DataFrame(columns=columns)
@@ -536,5 +537,65 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
             "flow_t": log["flow_t"],
             "ask_usd_per_kg": log["ask_usd_per_kg"],
             "landed_usd_per_kg": log["landed_usd_per_kg"],
+            "touched_cn_share": log["touched_cn_share"],
         }
+    )
+
+
+def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """This tick's end-use consumption by provenance, as non-zero cells.
+
+    Returns:
+        Arrays per cell of (product × consuming bloc × mining country × separation country,
+        the last separation column being "not separated"): ``product``, ``bloc``, ``mine``,
+        ``separation`` (indices) and ``t`` (tonnes of the product consumed).
+    """
+    w = model.world
+    b = w.buyers
+    n = w.layout.n_countries
+    origin = provenance.origin_matrix(model.consumed_attr_t, w.layout)  # per buyer × mine × sep
+    group = b.product * len(BLOCS) + w.country_bloc[b.country]  # per buyer: product × bloc
+    cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))
+    np.add.at(cube, group, origin)
+    cell, mine, sep = np.nonzero(cube > 0)
+    return {
+        "product": cell // len(BLOCS),
+        "bloc": cell % len(BLOCS),
+        "mine": mine,
+        "separation": sep,
+        "t": cube[cell, mine, sep],
+    }
+
+
+def consumption_frame(model: RareEarthModel) -> pd.DataFrame:
+    """End-use consumption by provenance, every collected tick (non-zero cells only).
+
+    Columns: ``tick``, ``product``, ``bloc`` (consuming bloc), ``mine_country``,
+    ``separation_country`` (``"unseparated"`` for material not separated), ``t`` (tonnes of
+    the product) and ``t_reo`` (tonnes of REO it contains).
+    """
+    columns = ["tick", "product", "bloc", "mine_country", "separation_country", "t", "t_reo"]
+    if not model.consumption_log:
+        return pd.DataFrame(columns=columns)
+    first_tick = model.tick - len(model.consumption_log) + 1
+    tick = np.concatenate(
+        [np.full(len(r["t"]), first_tick + i) for i, r in enumerate(model.consumption_log)]
+    )
+    log = {
+        k: np.concatenate([r[k] for r in model.consumption_log])
+        for k in ("product", "bloc", "mine", "separation", "t")
+    }
+    w = model.world
+    countries = np.array(w.layout.countries)
+    return pd.DataFrame(
+        {
+            "tick": tick,
+            "product": np.array(w.products)[log["product"]],
+            "bloc": np.array(BLOCS)[log["bloc"]],
+            "mine_country": countries[log["mine"]],
+            "separation_country": np.append(countries, "unseparated")[log["separation"]],
+            "t": log["t"],
+            "t_reo": log["t"] * w.reo_content[log["product"]],
+        },
+        columns=columns,
     )

@@ -15,7 +15,7 @@ import mesa
 import networkx as nx
 import numpy as np
 
-from abm import market, metrics, provenance
+from abm import invariants, market, metrics, provenance
 from abm.agents import (
     KG_PER_T,
     Buyer,
@@ -25,8 +25,9 @@ from abm.agents import (
     StrategicReserve,
     planned_offer_t,
 )
+from abm.levers import resolve as resolve_scenario
 from abm.policy import PolicyState
-from abm.scenario import Scenario, load_scenario
+from abm.scenario import Scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "configs" / "baseline.yaml"
@@ -63,27 +64,42 @@ class RareEarthModel(mesa.Model):
         scenario: a validated :class:`~abm.scenario.Scenario`, or a path to a scenario file;
             default: ``configs/baseline.yaml``.
         rng: seed or numpy Generator for every random draw of the model.
-        overrides: dotted-path overrides applied to a scenario loaded from a path.
+        overrides: dotted paths (or lever names) to values, or ``"key=value"`` strings.
+        **levers: flat levers of :mod:`abm.levers` (``tariff_rate=0.25``, ``logit_beta=12``);
+            every argument is optional and keyword-only but ``scenario``, so
+            ``mesa.batch_run(RareEarthModel, parameters={...}, rng=[...])`` works.
+
+    Attributes:
+        check_invariants: check every tick that no stock, price or balance has gone wrong
+            (:mod:`abm.invariants`; a few percent of a tick). Set to ``False`` on the class or
+            on a model to skip it.
 
     """
+
+    check_invariants: bool = True
 
     def __init__(
         self,
         scenario: Scenario | str | Path | None = None,
+        *,
         rng: Any = None,
         overrides: dict[str, Any] | list[str] | None = None,
+        **levers: Any,
     ) -> None:
         super().__init__(rng=rng)
-        if not isinstance(scenario, Scenario):
-            scenario = load_scenario(scenario or DEFAULT_SCENARIO, overrides)
+        scenario = resolve_scenario(
+            DEFAULT_SCENARIO if scenario is None else scenario, overrides, **levers
+        )
         self.config = scenario
-        self.world: World = build_world(scenario)
+        self.world: World = build_world(scenario, self.rng)
         self.tick = 0
         self._init_accounts()
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
         self._init_buyer_terms()
         self.expected_market_price = self.world.reference_price.copy()
         self.expected_price_abroad = self.world.reference_price.copy()  # buyers outside China
+        self.long_run_price = self.world.reference_price.copy()  # investors' view, per product
+        self.long_run_price_abroad = self.world.reference_price.copy()
         self.typical_ore_composition = self._typical_ore()
         self.concentrate_price_per_basket_value = self._initial_netback()
         self._price_scale = self._logit_price_scale()
@@ -98,6 +114,7 @@ class RareEarthModel(mesa.Model):
         self.policy.refresh()
         self._graph = self._build_network()
         self.flow_log: list[dict[str, np.ndarray]] = []
+        self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
         self._begin_tick()
         self.tick_profit = np.zeros(len(self.world.producers.names))
@@ -134,6 +151,8 @@ class RareEarthModel(mesa.Model):
         Producer.review_operations(self)  # idling, restarts, closures
         if self._investment_tick():
             Producer.invest(self)  # 8: investment, entry, exit
+        if self.check_invariants:
+            invariants.check(self)  # no NaN, negative stock or broken balance goes unnoticed
         if not self.warming_up:
             self.datacollector.collect(self)  # 9: metrics
             self._log_flows()
@@ -257,7 +276,7 @@ class RareEarthModel(mesa.Model):
         self.tick = -ticks
         self.effective_capacity = Producer.effective_capacity_t(self)
         for _ in range(ticks):
-            self.step()
+            type(self).step(self)  # the tick itself, not Mesa's wrapper: its clock stays at 0
         self.warming_up = False
         self.policy.strategic_spent_usd_million = 0.0
         self.tick = 0
@@ -376,17 +395,17 @@ class RareEarthModel(mesa.Model):
         """Shipments due this tick arrive (the transit buffer is a ring over ticks)."""
         w = self.world
         slot = self.tick % len(w.transit_t)
-        rows = np.flatnonzero(w.transit_t[slot] > 0)
-        provenance.mix_into(
-            w.stocks.qty_t,
-            w.stocks.attrs,
-            rows,
-            w.transit_t[slot, rows],
-            w.transit_attr_t[slot, rows],
-        )
-        w.transit_t[slot] = 0.0
-        w.transit_attr_t[slot] = 0.0
-        self.in_transit_t = w.transit_t.sum(axis=0)
+        shipments = w.transit_attr_t[slot]
+        if not shipments:
+            return
+        rows = np.unique(np.concatenate([rows for rows, _ in shipments]))
+        mass = np.zeros((len(rows), w.layout.width))  # per arriving row × attribute
+        for shipped_rows, shipped_mass in shipments:
+            mass[np.searchsorted(rows, shipped_rows)] += shipped_mass
+        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[slot, rows], mass)
+        w.transit_t[slot, rows] = 0.0
+        w.transit_attr_t[slot] = []
+        self.in_transit_t[rows] = w.transit_t[:, rows].sum(axis=0)
 
     def _concentrate_value(self, m: _MarketIndex) -> np.ndarray:
         """Per edge: oxide value a plant expects from a kg of the seller's ore, net of processing.
@@ -413,10 +432,11 @@ class RareEarthModel(mesa.Model):
         sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
         controlled = self.policy.export_group[sl] >= 0  # per edge: quota or licence applies
         own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], s.ask_usd_per_kg[sellers])
-        ask = own_ask
+        strategic_ask = own_ask  # per edge: China's strategic export asks, paid by its budget
         if self.policy.strategic_active:
-            ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
+            strategic_ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
         compliant = self.compliant_rows(sellers)
+        ask = self.policy.minimum_asks(sl, product, strategic_ask, compliant)
         e.levy_usd_per_kg[sl] = self.policy.border_levy(sl, product, ask, compliant)
         landed = market.landed_cost(
             ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl], e.transport_usd_per_kg[sl], 0.0
@@ -448,7 +468,9 @@ class RareEarthModel(mesa.Model):
             group_cap=self.policy.quota_left_t,
         )
         flow = result.flow  # per edge
-        self.policy.record_export_orders(sl, result.edge_orders)
+        asked = flow + result.unfilled  # per edge: each tonne asked for, counted once
+        self.policy.record_export_orders(sl, asked)
+        self.policy.pass_on_unused_quota(product)
         sold = np.bincount(m.seller_local, flow, minlength=len(m.seller_rows))
         bought = np.bincount(m.buyer_local, flow, minlength=len(m.buyer_rows))
         s.qty_t[m.seller_rows] = np.maximum(s.qty_t[m.seller_rows] - sold, 0.0)
@@ -456,11 +478,12 @@ class RareEarthModel(mesa.Model):
         # a seller's (domestic) ask answers the orders it could serve; export orders rationed
         # away by a quota drive its export ask instead (two-tier prices, §8)
         n_s = len(m.seller_rows)
-        export_orders = np.bincount(
+        export_orders = np.bincount(m.seller_local[controlled], asked[controlled], minlength=n_s)
+        export_sold = np.bincount(m.seller_local[controlled], flow[controlled], minlength=n_s)
+        export_orders_all_rounds = np.bincount(
             m.seller_local[controlled], result.edge_orders[controlled], minlength=n_s
         )
-        export_sold = np.bincount(m.seller_local[controlled], flow[controlled], minlength=n_s)
-        s.orders_t[m.seller_rows] = result.orders - export_orders + export_sold
+        s.orders_t[m.seller_rows] = result.orders - export_orders_all_rounds + export_sold
         s.export_orders_t[m.seller_rows] = export_orders
         s.export_sold_t[m.seller_rows] = export_sold
         s.sold_t[m.seller_rows] = sold
@@ -470,13 +493,15 @@ class RareEarthModel(mesa.Model):
         self.edge_landed[sl] = landed
         self._ship(sellers, buyers, flow, e.lead_ticks[sl] + self.policy.extra_lead(sl))
         self._pay(sl, sellers, buyers, flow, ask, landed)
-        self._pay_policy(product, sellers, flow, own_ask, ask, compliant)
+        self._pay_policy(product, sellers, flow, own_ask - strategic_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
 
     def compliant_rows(self, rows: np.ndarray) -> np.ndarray:
         """Per stock row: its lot counts as compliant under the rules in force."""
         de_minimis = self.config.policies.compliance.de_minimis_share
-        return provenance.is_compliant(self.world.stocks.attrs[rows], self.world.layout, de_minimis)
+        # per stock row (one column read), then per requested row: no copy of whole lots
+        every_row = provenance.is_compliant(self.world.stocks.attrs, self.world.layout, de_minimis)
+        return every_row[rows]
 
     def bloc_of_party(self, party: str) -> str:
         """The bloc a party (bloc or country code) belongs to."""
@@ -513,17 +538,21 @@ class RareEarthModel(mesa.Model):
         product: int,
         sellers: np.ndarray,
         flow: np.ndarray,
-        own_ask: np.ndarray,
+        strategic_cut: np.ndarray,
         ask: np.ndarray,
         compliant: np.ndarray,
     ) -> None:
-        """Floor subsidies and upside (alliance), strategic-pricing top-ups (China's budget)."""
+        """Floor subsidies and upside (alliance), strategic-pricing top-ups (China's budget).
+
+        ``strategic_cut`` is per edge how far China's strategic export ask is below the seller's
+        own ask (US$/kg); China's budget pays it to the seller.
+        """
         n_accounts = len(self.tick_in)
         net, subsidy, upside = self.policy.floor_payments(product, sellers, flow, ask, compliant)
         self.tick_in += np.bincount(self.row_account[sellers], net, minlength=n_accounts)
         self.tick_fiscal["floor_subsidy"] += subsidy
         self.tick_fiscal["floor_upside"] += upside
-        topup = flow / KG_PER_T * (own_ask - ask)  # per edge, zero unless strategic pricing
+        topup = flow / KG_PER_T * strategic_cut  # per edge, zero unless strategic pricing
         if topup.any():
             self.tick_in += np.bincount(self.row_account[sellers], topup, minlength=n_accounts)
             self.tick_fiscal["strategic_pricing"] += topup.sum()
@@ -536,17 +565,19 @@ class RareEarthModel(mesa.Model):
         w = self.world
         moving = flow > 0
         sellers, buyers, flow, lead = sellers[moving], buyers[moving], flow[moving], lead[moving]
-        attr_mass = flow[:, None] * w.stocks.attrs[sellers]  # per moving edge × attribute
-        now = lead == 0
-        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, buyers[now], flow[now], attr_mass[now])
-        for lead_ticks in np.unique(lead[~now]):
-            this = lead == lead_ticks
-            rows, qty = provenance.sum_by(buyers[this], flow[this])
-            _, mass = provenance.sum_by(buyers[this], attr_mass[this])
+        shipments = []  # per lead time: receiving rows, tonnes and attribute mass per row
+        for ticks in np.unique(lead):
+            this = lead == ticks
+            lots = provenance.lot_inflows(buyers[this], sellers[this], flow[this], w.stocks.attrs)
+            shipments.append((int(ticks), *lots))
+        for lead_ticks, rows, qty, mass in shipments:
+            if lead_ticks == 0:
+                provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
+                continue
             slot = (self.tick + lead_ticks) % len(w.transit_t)
             w.transit_t[slot, rows] += qty
-            w.transit_attr_t[slot, rows] += mass
-        self.in_transit_t = w.transit_t.sum(axis=0)
+            w.transit_attr_t[slot].append((rows, mass))
+            self.in_transit_t[rows] = w.transit_t[:, rows].sum(axis=0)
 
     def _pay(
         self,
@@ -638,6 +669,13 @@ class RareEarthModel(mesa.Model):
         )
         self.expected_price_abroad = market.smooth(
             self.expected_price_abroad, observed, cfg.expectation_smoothing
+        )
+        memory = min(
+            1.0, 1.0 / (self.config.investment.price_memory_years * self.config.ticks_per_year)
+        )
+        self.long_run_price = market.smooth(self.long_run_price, self.expected_market_price, memory)
+        self.long_run_price_abroad = market.smooth(
+            self.long_run_price_abroad, self.expected_price_abroad, memory
         )
         self._update_netback()
 
@@ -747,8 +785,12 @@ class RareEarthModel(mesa.Model):
                 "flow_t": e.flow_t[moving],
                 "ask_usd_per_kg": self.edge_ask[moving],
                 "landed_usd_per_kg": self.edge_landed[moving],
+                "touched_cn_share": self.world.stocks.attrs[
+                    e.seller[moving], self.world.layout.touched_cn
+                ],
             }
         )
+        self.consumption_log.append(metrics.consumption_record(self))
 
     # ------------------------------------------------------------------ balances
 

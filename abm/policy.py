@@ -73,7 +73,9 @@ class PolicyState:
         self.demand_factor = np.ones(n_b)  # per buyer: demand shocks
         self.export_group = np.full(len(model.world.edges.seller), -1)  # per edge
         self.quota_left_t = np.zeros(0)  # per (control, product): tonnes left this tick
+        self.quota_share = np.zeros((0, 0))  # control × product: share of each quota
         self.export_orders_t = np.zeros(0)  # per (control, product): export orders this tick
+        self.export_demand_t = np.zeros(0)  # per (control, product): smoothed export orders
         self.strategic_spent_usd_million = 0.0
         self.strategic_active = False
 
@@ -200,7 +202,7 @@ class PolicyState:
                 allowed &= ~match
         e.tariff, e.duty, e.allowed = tariff, duty, allowed
         e.transport_usd_per_kg = e.base_transport_usd_per_kg * (1.0 - discount)
-        # a quota is shared by the products it covers pro rata to last tick's export orders,
+        # a quota is shared by the products it covers pro rata to smoothed export orders,
         # so no product's market takes it all just by clearing first
         self.export_group = np.where(control >= 0, control * n_prod + e.product, -1)
         self._set_quotas(pol, control, n_prod, cfg.ticks_per_year)
@@ -215,12 +217,17 @@ class PolicyState:
         covered = np.zeros(n_groups)
         covered[np.unique(self.export_group[control >= 0])] = 1.0
         covered = covered.reshape(-1, n_prod)  # control × product
-        last = (
-            self.export_orders_t.reshape(-1, n_prod)
-            if len(self.export_orders_t) == n_groups
-            else np.zeros_like(covered)
-        )
-        basis = np.where(last.sum(axis=1, keepdims=True) > 0, last * covered, covered)
+        if len(self.export_orders_t) == n_groups == len(self.export_demand_t):
+            weight = self.model.config.market.expectation_smoothing
+            self.export_demand_t = (
+                1 - weight
+            ) * self.export_demand_t + weight * self.export_orders_t
+        elif len(self.export_orders_t) == n_groups:
+            self.export_demand_t = self.export_orders_t.copy()
+        else:
+            self.export_demand_t = np.zeros(n_groups)
+        demand = self.export_demand_t.reshape(-1, n_prod)
+        basis = np.where(demand.sum(axis=1, keepdims=True) > 0, demand * covered, covered)
         share = basis / np.maximum(basis.sum(axis=1, keepdims=True), 1e-300)
         cap = np.array(
             [
@@ -230,10 +237,35 @@ class PolicyState:
         ).reshape(-1, 1)
         finite = np.where(np.isinf(cap), 0.0, cap)
         self.quota_left_t = np.where(np.isinf(cap), np.inf, finite * share).ravel()
+        self.quota_share = share  # control × product
         self.export_orders_t = np.zeros(n_groups)
 
+    def pass_on_unused_quota(self, product: int) -> None:
+        """After a market clears, its unused quota goes to the products that clear later.
+
+        Shared pro rata to their quota shares, so a quota is never wasted on a product whose
+        exporters had nothing to sell while another product's exports are rationed.
+        """
+        n_prod = len(self.model.world.products)
+        if len(self.quota_left_t) == 0 or product + 1 >= n_prod:
+            return
+        left = self.quota_left_t.reshape(-1, n_prod)  # control × product (a view)
+        unused = np.where(np.isfinite(left[:, product]), left[:, product], 0.0)  # per control
+        later = self.quota_share[:, product + 1 :]  # control × later product
+        total = later.sum(axis=1)
+        passes = (unused > 0) & (total > 0)
+        if not passes.any():
+            return
+        weight = later[passes] / total[passes, None]
+        left[passes, product + 1 :] += unused[passes, None] * weight
+        left[passes, product] = 0.0
+
     def record_export_orders(self, sl: slice, edge_orders: np.ndarray) -> None:
-        """Accumulate this tick's controlled export orders per (control, product)."""
+        """Accumulate this tick's controlled export orders per (control, product).
+
+        ``edge_orders`` count each tonne asked for once (flows plus orders left unfilled), so
+        orders re-sent after rationing are not counted twice.
+        """
         group = self.export_group[sl]
         controlled = group >= 0
         if controlled.any():
@@ -275,19 +307,45 @@ class PolicyState:
         )
         return np.where(exports, np.minimum(ask, cfg.export_price_fraction * cost_floor), ask)
 
+    def _border_floors(self, product: int) -> list[float]:
+        """Levels of the border-adjusted floors on a product (US$/kg)."""
+        w = self.model.world
+        return [
+            floor.level_usd_per_kg
+            for floor in self.model.config.policies.price_floors
+            if floor.mechanism == "border_adjusted" and w.products.index(floor.product) == product
+        ]
+
+    def _to_alliance(self, sl: slice) -> np.ndarray:
+        """Per edge of a market: the buyer is in the alliance."""
+        w, e, s = self.model.world, self.model.world.edges, self.model.world.stocks
+        return w.country_bloc[s.country[e.buyer[sl]]] == BLOCS.index("alliance")
+
+    def minimum_asks(
+        self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
+    ) -> np.ndarray:
+        """Per edge: compliant sales into the alliance settle at no less than a border floor F.
+
+        A border-adjusted floor is a minimum price in the alliance market: compliant sellers
+        sell to alliance buyers at max(ask, F), and non-compliant imports pay the levy of
+        :meth:`border_levy`, so no covered material lands in the alliance below F. Buyers, not
+        taxpayers, pay for it (the contrast with a price-gap subsidy).
+        """
+        levels = self._border_floors(product)
+        if not levels:
+            return ask
+        return np.where(compliant & self._to_alliance(sl), np.maximum(ask, max(levels)), ask)
+
     def border_levy(
         self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
     ) -> np.ndarray:
         """Per edge: variable levy max(0, F − ask) on non-compliant imports into the alliance."""
-        model = self.model
-        w, e, s = model.world, model.world.edges, model.world.stocks
-        levy = np.zeros(len(ask))
-        for floor in model.config.policies.price_floors:
-            if floor.mechanism != "border_adjusted" or w.products.index(floor.product) != product:
-                continue
-            buyer_c, seller_c = s.country[e.buyer[sl]], s.country[e.seller[sl]]
-            into = (w.country_bloc[buyer_c] == BLOCS.index("alliance")) & (seller_c != buyer_c)
-            levy = np.where(into & ~compliant, np.maximum(levy, floor.level_usd_per_kg - ask), levy)
+        e, s = self.model.world.edges, self.model.world.stocks
+        levels = self._border_floors(product)
+        if not levels:
+            return np.zeros(len(ask))
+        imported = s.country[e.seller[sl]] != s.country[e.buyer[sl]]
+        levy = np.where(self._to_alliance(sl) & imported & ~compliant, max(levels) - ask, 0.0)
         return np.maximum(levy, 0.0)
 
     def floor_payments(
@@ -368,5 +426,5 @@ def _revalidate(data: dict[str, Any], events: list[Event], event: Event) -> Scen
     re-checked against the changed one, so an event may build on what an earlier one set.
     """
     data = {key: value for key, value in data.items() if key != "events"}
-    scenario = build_scenario(data, f"event '{event.name or event.at}'")
+    scenario = build_scenario(data, f"event '{event.name or event.at}'", standing=False)
     return scenario.model_copy(update={"events": events})

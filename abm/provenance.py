@@ -7,6 +7,7 @@ a stock is the same operation for provenance shares, route flags and element com
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from abm.world import Layout
 
@@ -14,11 +15,53 @@ from abm.world import Layout
 def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``values`` (per lot, any trailing shape) over equal ``keys``: (unique keys, sums).
 
-    A sort and ``np.add.reduceat``: much faster than ``np.add.at`` on wide attribute rows.
+    A stable sort, then ``np.add.reduceat`` for one value per lot, or a sparse product for rows
+    of values (many times faster than ``reduceat`` or ``np.add.at`` along the first axis); each
+    group is summed in lot order. Keys already unique and increasing are returned as they are.
     """
+    if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
+        return keys, values
     order = np.argsort(keys, kind="stable")
-    unique, starts = np.unique(keys[order], return_index=True)
-    return unique, np.add.reduceat(values[order], starts, axis=0)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    if values.ndim == 1:
+        return ordered[starts], np.add.reduceat(values[order], starts)
+    members = sparse.csr_array(
+        (np.ones(len(keys)), order, np.r_[starts, len(keys)]), shape=(len(starts), len(keys))
+    )  # per group × lot: 1 where the lot belongs to the group
+    return ordered[starts], (members @ values.reshape(len(keys), -1)).reshape(
+        len(starts), *values.shape[1:]
+    )
+
+
+def lot_inflows(
+    dest: np.ndarray, source: np.ndarray, qty: np.ndarray, attrs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lots moving from source rows into destination rows, summed per destination row.
+
+    The attribute mass arriving at a row, ``Σ qty · attrs[source]`` over its lots, is one
+    sparse matrix product (destination × source rows, times the attribute table): its cost is
+    lots × attributes, and no attribute row is copied per lot.
+
+    Args:
+        dest: per lot, destination row.
+        source: per lot, source row (its attributes are the lot's).
+        qty: per lot, tonnes.
+        attrs: per row × attribute, the table the source rows index.
+
+    Returns:
+        Destination rows (unique, increasing), tonnes and attribute mass (t × attribute) per row.
+
+    """
+    if len(dest) and not bool(np.all(dest[1:] >= dest[:-1])):
+        order = np.argsort(dest, kind="stable")
+        dest, source, qty = dest[order], source[order], qty[order]
+    starts = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]]) if len(dest) else dest[:0]
+    weights = sparse.csr_array(
+        (qty, source, np.r_[starts, len(dest)]), shape=(len(starts), len(attrs))
+    )  # per destination row × source row: tonnes
+    inflow = np.add.reduceat(qty, starts) if len(dest) else qty[:0]
+    return dest[starts], inflow, weights @ attrs
 
 
 def mix_into(

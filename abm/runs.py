@@ -4,18 +4,25 @@ A run folder ``runs/<timestamp>_<scenario>/`` holds ``manifest.json`` (resolved 
 git commit and dirty flag, Python and package versions, start and end time, status),
 ``config.yaml``, ``metrics.parquet`` (one row per tick), ``flows.parquet`` (edge flows) and
 ``summary.png``. It is written to a hidden temporary folder and renamed when complete, so a
-folder that exists under its final name is whole; a run that fails leaves a manifest with
-``status: failed``, the error and the tick, and no tables.
+folder that exists under its final name is whole; a run that fails leaves a folder holding a
+manifest with ``status: failed``, the error and the tick it failed at, and the metrics up to
+then as ``metrics.partial.parquet`` — never a table under a complete run's file name.
+
+:func:`run` reports a failure as :class:`RunFailed` (the tick, the partial metrics, the error
+as its cause) and Ctrl-C as :class:`RunInterrupted` (a ``KeyboardInterrupt`` with the tick).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,11 +34,37 @@ import yaml
 from tqdm import tqdm
 
 from abm.model import RareEarthModel
-from abm.scenario import Scenario, load_scenario
+from abm.scenario import NAME, Scenario, ScenarioError, load_scenario
 from abm.world import month_index
 
 PACKAGES = ("mesa", "numpy", "pandas", "networkx", "pyarrow", "pydantic", "matplotlib")
 REPO = Path(__file__).resolve().parent.parent
+
+
+class RunFailed(RuntimeError):
+    """A run stopped by an error: the tick it failed at and the metrics collected until then.
+
+    The original exception is the ``__cause__``. ``tick`` is ``None`` when the model failed
+    while it was being built (before or during warm-up).
+    """
+
+    def __init__(
+        self, scenario: Scenario, seed: int, tick: int | None, error: BaseException, metrics: Any
+    ) -> None:
+        self.scenario, self.seed, self.tick, self.error = scenario, seed, tick, error
+        self.metrics: pd.DataFrame | None = metrics
+        when = "while building the model" if tick is None else f"at tick {tick}"
+        super().__init__(
+            f"run of '{scenario.name}' (seed {seed}) failed {when}: {type(error).__name__}: {error}"
+        )
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM in the CLI) during a run; ``tick`` is the last tick completed."""
+
+    def __init__(self, tick: int | None, ticks: int) -> None:
+        self.tick, self.ticks = tick, ticks
+        super().__init__(f"interrupted at tick {tick} of {ticks}")
 
 
 @dataclass
@@ -82,16 +115,22 @@ def run(
         scenario = load_scenario(scenario or REPO / "configs" / "baseline.yaml", overrides)
     elif overrides:
         raise ValueError("overrides apply to a scenario path, not to a loaded Scenario")
-    t0 = time.perf_counter()
-    model = RareEarthModel(scenario, rng=seed)
-    t1 = time.perf_counter()
     n = scenario.ticks if ticks is None else ticks
-    for _ in tqdm(range(n), desc=scenario.name, unit="tick", disable=not progress, leave=False):
-        model.step()
+    t0 = time.perf_counter()
+    model = None
+    try:
+        model = RareEarthModel(scenario, rng=seed)
+        t1 = time.perf_counter()
+        for _ in tqdm(range(n), desc=scenario.name, unit="tick", disable=not progress, leave=False):
+            model.step()
+    except KeyboardInterrupt:
+        raise RunInterrupted(None if model is None else model.tick, n) from None
+    except Exception as err:
+        tick = getattr(err, "tick", None if model is None else model.tick)
+        partial = None if model is None else metrics_frame(model)
+        raise RunFailed(scenario, seed, tick, err, partial) from err
     t2 = time.perf_counter()
-    frame = model.datacollector.get_model_vars_dataframe().reset_index(drop=True)
-    frame.index = pd.RangeIndex(len(frame), name="tick")
-    frame.insert(0, "date", _dates(scenario, frame.index))
+    frame = metrics_frame(model)
     return Result(
         scenario=scenario,
         seed=seed,
@@ -100,6 +139,14 @@ def run(
         model=model if keep_model else None,
         timings_s={"setup": t1 - t0, "simulation": t2 - t1},
     )
+
+
+def metrics_frame(model: RareEarthModel) -> pd.DataFrame:
+    """The metrics a model has collected: one row per tick, indexed by tick, with a date."""
+    frame = model.datacollector.get_model_vars_dataframe().reset_index(drop=True)
+    frame.index = pd.RangeIndex(len(frame), name="tick")
+    frame.insert(0, "date", _dates(model.config, frame.index))
+    return frame
 
 
 # ------------------------------------------------------------------ run folders
@@ -138,7 +185,15 @@ def environment() -> dict[str, Any]:
 
 
 def new_run_dir(out_dir: Path, scenario_name: str, started: datetime) -> tuple[Path, Path]:
-    """Final and temporary paths of a new run folder (the final one does not exist yet)."""
+    """Final and temporary paths of a new run folder (the final one does not exist yet).
+
+    Raises:
+        ScenarioError: if the name could reach outside ``out_dir`` (it is validated when a
+            scenario is loaded; this guards scenarios changed in code).
+
+    """
+    if not re.fullmatch(NAME, scenario_name) or scenario_name in (".", ".."):
+        raise ScenarioError("name", scenario_name, "not a safe run folder name")
     stamp = started.strftime("%Y%m%d-%H%M%S")
     final = out_dir / f"{stamp}_{scenario_name}"
     suffix = 1
@@ -147,6 +202,25 @@ def new_run_dir(out_dir: Path, scenario_name: str, started: datetime) -> tuple[P
         final = out_dir / f"{stamp}_{scenario_name}-{suffix}"
     tmp = out_dir / f".tmp-{final.name}-{os.getpid()}"
     return final, tmp
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Rename a finished temporary folder to its final name; never onto an existing folder.
+
+    Two processes that started in the same second may have chosen the same name: the second
+    takes the next free suffix instead of losing its run.
+    """
+    base, suffix = final.name, 1
+    while True:
+        if not final.exists():
+            try:
+                tmp.rename(final)
+                return final
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        suffix += 1
+        final = final.with_name(f"{base}-{suffix}")
 
 
 def manifest(
@@ -194,29 +268,65 @@ def write_run(result: Result, out_dir: Path, started: datetime) -> Path:
             files=[*sorted(p.name for p in tmp.iterdir()), "manifest.json"],
         )
         (tmp / "manifest.json").write_text(json.dumps(info, indent=2))
-        tmp.rename(final)
+        return _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def write_failed_run(
-    scenario: Scenario, seed: int, out_dir: Path, started: datetime, error: BaseException, tick: int
+    scenario: Scenario,
+    seed: int,
+    out_dir: Path,
+    started: datetime,
+    error: BaseException,
+    tick: int | None,
+    metrics: pd.DataFrame | None = None,
+    ticks: int | None = None,
 ) -> Path:
-    """Record a run that failed: a folder holding only a manifest with the error."""
+    """Record a run that failed, atomically like a finished one.
+
+    The folder holds ``manifest.json`` (``status: failed``, the error, its traceback and
+    ``failed_at_tick``), ``config.yaml`` to reproduce it, and the metrics collected until the
+    failure as ``metrics.partial.parquet`` — no file a complete run would have, so nothing in it
+    can be mistaken for a finished table.
+
+    Args:
+        scenario: the scenario that was run.
+        seed: its seed.
+        out_dir: the output folder.
+        started: when the run started.
+        error: what stopped it (for a :class:`RunFailed`, pass its ``error``).
+        tick: the tick it failed at (``None``: while the model was being built).
+        metrics: metrics collected before the failure.
+        ticks: ticks requested (default: the scenario's).
+
+    Returns:
+        The run folder.
+
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = new_run_dir(out_dir, scenario.name, started)
     tmp.mkdir()
-    info = manifest(
-        scenario,
-        seed,
-        tick,
-        started,
-        "failed",
-        error=f"{type(error).__name__}: {error}",
-        failed_at_tick=tick,
-    )
-    (tmp / "manifest.json").write_text(json.dumps(info, indent=2))
-    tmp.rename(final)
-    return final
+    try:
+        (tmp / "config.yaml").write_text(
+            yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+        )
+        if metrics is not None and len(metrics):
+            metrics.to_parquet(tmp / "metrics.partial.parquet")
+        info = manifest(
+            scenario,
+            seed,
+            scenario.ticks if ticks is None else ticks,
+            started,
+            "failed",
+            error=f"{type(error).__name__}: {error}",
+            failed_at_tick=tick,
+            traceback=traceback.format_exception(error),
+            files=[*sorted(p.name for p in tmp.iterdir()), "manifest.json"],
+        )
+        (tmp / "manifest.json").write_text(json.dumps(info, indent=2, default=str))
+        return _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 REGIONS = ("asia", "europe", "americas", "oceania", "africa")
 STAGES = ("mine", "separation", "magnet")
 MAX_FILE_BYTES = 5_000_000
+# values in a file once YAML aliases are expanded (alias bombs); room for firm-level worlds
+# (a 100,000-buyer world has ~2 M, benchmarks/synthetic.py), far below what a bomb reaches
+MAX_VALUES = 5_000_000
+MAX_MAGNITUDE = 1e12  # no scenario number is larger; bigger ones overflow products of them
+DATE = r"^\d{4}-(0[1-9]|1[0-2])$"  # YYYY-MM
+NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # scenario names: safe as part of a folder name
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader if built
+_SHOWN = reprlib.Repr(maxstring=60, maxother=60, maxlist=4, maxdict=4, maxlevel=2)
 
 
 class ScenarioError(ValueError):
@@ -30,14 +46,31 @@ class ScenarioError(ValueError):
     def __init__(self, key: str, value: Any, problem: str, source: str | None = None) -> None:
         self.key, self.value, self.problem, self.source = key, value, problem, source
         where = f"{source}: " if source else ""
-        shown = repr(value)
+        shown = _SHOWN.repr(value)  # bounded: never walks a huge or deeply nested value
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        super().__init__(f"{where}{key} = {shown}: {problem}")
+        message = f"{where}{key} = {shown}: {problem}"
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+_NUMERIC = {float, int, float | None, int | None, str | int, dict[str, float]}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=False, validate_assignment=False, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false (YAML also reads yes/no/on/off so) where a number is expected."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation in _NUMERIC:
+            values = value.values() if isinstance(value, dict) else [value]
+            if any(isinstance(v, bool) for v in values):
+                raise ValueError("expected a number, not true/false (or yes/no, on/off)")
+        return value
 
 
 def _check_shares(shares: dict[str, float], what: str) -> dict[str, float]:
@@ -114,6 +147,11 @@ class Mine(_Strict):
     composition: dict[str, float] = Field(description="mass share of each element in REO")
     status: Literal["operating", "idle"] = "operating"
     utilisation: float = Field(1.0, ge=0, le=1, description="share of capacity in use at start")
+    sells_to: list[str] = Field(
+        default_factory=list,
+        description="captive supply: separation plants (processors or projects) it sells to; "
+        "empty: any",
+    )
 
     _shares = field_validator("composition")(lambda v: _check_shares(v, "composition"))
 
@@ -165,13 +203,20 @@ class Project(_Strict):
     capacity_t_per_yr: float = Field(gt=0)
     unit_cost_usd_per_kg: float = Field(ge=0, description="cash or processing cost")
     capex_usd_million: float = Field(ge=0)
-    earliest_start: str = Field(description="YYYY-MM: first month construction can begin")
+    earliest_start: str = Field(
+        pattern=DATE, description="YYYY-MM: first month construction can begin"
+    )
     lead_time_years: float = Field(ge=0, le=20)
     ramp_up_years: float = Field(1.0, ge=0, le=10)
     life_years: float = Field(20.0, gt=0, le=60)
     discount_rate: float = Field(0.10, ge=0, le=1)
     composition: dict[str, float] = Field(default_factory=dict)
     recovery: dict[str, float] = Field(default_factory=dict)
+    sells_to: list[str] = Field(
+        default_factory=list,
+        description="captive supply: separation plants (processors or projects) it sells to; "
+        "empty: any",
+    )
 
     _shares = field_validator("composition", "recovery")(lambda v: _check_shares(v, "element"))
 
@@ -186,8 +231,22 @@ class Investment(_Strict):
     expansion_lead_time_years: float = Field(2.0, ge=0, le=20)
     expansion_capex_usd_per_t_per_yr: float = Field(20_000.0, ge=0)
     utilisation_to_expand: float = Field(0.85, ge=0, le=1)
+    price_memory_years: float = Field(
+        2.0, gt=0, le=50, description="years of prices investors average (exponential)"
+    )
     loss_months_to_idle: int = Field(6, ge=1)
     idle_months_to_close: int = Field(36, ge=1)
+
+
+class Network(_Strict):
+    """Which trade links the world has (MODEL.md §5); default: every seller to every buyer."""
+
+    suppliers_per_buyer: int | None = Field(
+        None,
+        ge=1,
+        description="link each buying stock (end user, plant input) to this many sellers of "
+        "its product, drawn at random with the model's generator; None: to all of them",
+    )
 
 
 class Magnet(_Strict):
@@ -326,9 +385,9 @@ class Event(_Strict):
 class Scenario(_Strict):
     """A whole scenario: world, agents, parameters."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=NAME)
     description: str = ""
-    start: str = Field("2025-01", pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    start: str = Field("2025-01", pattern=DATE)
     ticks: int = Field(240, ge=1, le=100_000)
     ticks_per_year: int = Field(12, ge=1, le=365)
     china: str = Field("CN", description="country code of the 'china' bloc")
@@ -336,6 +395,7 @@ class Scenario(_Strict):
     elements: list[str] = Field(min_length=1)
     countries: dict[str, Country]
     transport: Transport = Transport()
+    network: Network = Network()
     magnet: Magnet | None = None
     initial_prices_usd_per_kg: dict[str, float]
     market: MarketParams = MarketParams()
@@ -368,18 +428,66 @@ class Scenario(_Strict):
 # ---------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key_node.value!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(data: Any, key: str, value: Any, max_depth: int = 64) -> None:
+    """Refuse data that expands to too many values (YAML alias bombs) or nests too deep.
+
+    Runs before anything recursive (merging, copying, validation) touches the data.
+    """
+    stack, count = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ScenarioError(
+                key, value, f"expands to more than {MAX_VALUES} values (YAML aliases?)"
+            )
+        if depth > max_depth:
+            raise ScenarioError(key, value, f"nested more than {max_depth} levels deep")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for item in node.items() for child in item)
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ScenarioError("file", str(path), "is a folder, not a scenario file")
     if not path.is_file():
         raise ScenarioError("file", str(path), "no such scenario file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ScenarioError("file", str(path), f"larger than {MAX_FILE_BYTES} bytes")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        problem = str(err).replace("\n", " ")
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        problem = " ".join(str(err).split())
         raise ScenarioError("file", str(path), f"not valid YAML ({problem})") from None
+    except OSError as err:
+        raise ScenarioError("file", str(path), f"cannot be read ({err.strerror})") from None
+    if data is None:
+        raise ScenarioError("file", str(path), "is empty")
     if not isinstance(data, dict):
         raise ScenarioError("file", str(path), "must be a YAML mapping of keys to values")
+    _check_size(data, "file", str(path))
     return data
 
 
@@ -401,8 +509,10 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    if not isinstance(parent, str):
-        raise ScenarioError("extends", parent, "must be a path to another scenario file")
+    if not isinstance(parent, str) or not parent.strip():
+        raise ScenarioError("extends", parent, "must be a path to another scenario file", str(path))
+    if not (path.parent / parent).is_file():
+        raise ScenarioError("extends", parent, "no such scenario file", str(path))
     return _deep_merge(_resolve(path.parent / parent, (*seen, path)), data)
 
 
@@ -480,25 +590,49 @@ def _list_index(items: list[Any], part: str, where: str) -> int:
     raise ScenarioError(where, part, "no list item with this name")
 
 
+_PATTERN_PROBLEMS = {
+    DATE: "expected a date YYYY-MM",
+    NAME: "use 1-64 letters, digits, '_', '.' or '-' (it names the run folder)",
+}
+
+
 def _validation_error(err: ValidationError, source: str | None) -> ScenarioError:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "scenario"
     problem = first["msg"]
     if first["type"] == "extra_forbidden":
         problem = "unknown key"
+    elif first["type"] == "string_pattern_mismatch":
+        problem = _PATTERN_PROBLEMS.get(first["ctx"]["pattern"], problem)
     problem = problem.removeprefix("Value error, ")
     return ScenarioError(key, first.get("input"), problem, source)
 
 
-def build_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
-    """Validate a raw scenario mapping (defaults applied) into a :class:`Scenario`."""
+def build_scenario(
+    data: dict[str, Any], source: str | None = None, *, standing: bool = True
+) -> Scenario:
+    """Validate a raw scenario mapping (defaults applied) into a :class:`Scenario`.
+
+    Args:
+        data: the scenario as plain data (``extends:`` resolved).
+        source: file name shown in error messages.
+        standing: the data is a scenario as it starts (not as changed by a dated event), so
+            its policies may not cut a buyer off from every supplier.
+
+    Raises:
+        ScenarioError: with a one-line message naming the key and value.
+
+    """
+    if not isinstance(data, dict):
+        raise ScenarioError("scenario", data, "must be a mapping of keys to values", source)
+    _check_size(data, "scenario", source or "(mapping)")
     data = _apply_defaults(copy.deepcopy(data))
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
         raise _validation_error(err, source) from None
     try:
-        _check_cross_fields(scenario)
+        _check_cross_fields(scenario, standing)
     except ScenarioError as err:
         err.source = source
         raise ScenarioError(err.key, err.value, err.problem, source) from None
@@ -537,7 +671,21 @@ def load_scenario(
 # ---------------------------------------------------------------- cross-field checks
 
 
-def _check_cross_fields(s: Scenario) -> None:
+def _check_magnitudes(node: Any, where: str) -> None:
+    """Every number is at most MAX_MAGNITUDE in size (finite values are the schema's job)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_magnitudes(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_magnitudes(value, f"{where}.{i}")
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        if abs(node) > MAX_MAGNITUDE:
+            raise ScenarioError(where, node, f"larger than {MAX_MAGNITUDE:g} (overflow guard)")
+
+
+def _check_cross_fields(s: Scenario, standing: bool = True) -> None:
+    _check_magnitudes(s.model_dump(mode="python", by_alias=True), "")
     if len(set(s.elements)) != len(s.elements):
         raise ScenarioError("elements", s.elements, "element names must be unique")
     known = set(s.countries)
@@ -546,6 +694,8 @@ def _check_cross_fields(s: Scenario) -> None:
     for i, member in enumerate(s.alliance):
         if member not in known:
             raise ScenarioError(f"alliance.{i}", member, "unknown country")
+        if member == s.china:
+            raise ScenarioError(f"alliance.{i}", member, "the china country cannot be a member")
     for i, o in enumerate(s.transport.overrides):
         for attr in ("origin", "destination"):
             if getattr(o, attr) not in known:
@@ -587,7 +737,8 @@ def _check_cross_fields(s: Scenario) -> None:
             if entry.country not in known:
                 raise ScenarioError(f"{where}.country", entry.country, "unknown country")
             _check_entry(s, section, where, entry)
-    _check_suppliers(s)
+    _check_captive_supply(s)
+    _check_suppliers(s, standing)
     _check_policies(s)
     _check_events(s)
 
@@ -642,7 +793,7 @@ def _check_events(s: Scenario) -> None:
         if isinstance(event.at, int):
             tick = event.at
         else:
-            if not isinstance(event.at, str) or len(event.at) != 7 or event.at[4] != "-":
+            if not re.match(DATE, event.at):
                 raise ScenarioError(f"{where}.at", event.at, "expected a tick or YYYY-MM")
             tick = round((_months(event.at) - start) * s.ticks_per_year / 12)
         if not 0 <= tick <= s.ticks:
@@ -655,6 +806,13 @@ def _check_events(s: Scenario) -> None:
         if event.demand_shock is not None:
             _check_product(s, event.demand_shock.product, f"{where}.demand_shock.product")
             _check_party(s, event.demand_shock.where, f"{where}.demand_shock.where")
+            sectors = {b.sector for b in s.buyers}
+            if event.demand_shock.sector not in {"any", *sectors}:
+                raise ScenarioError(
+                    f"{where}.demand_shock.sector",
+                    event.demand_shock.sector,
+                    f"no buyer has this sector (known: {', '.join(sorted(sectors))}, any)",
+                )
         if event.transport_cut is not None:
             _check_party(s, event.transport_cut.between, f"{where}.transport_cut.between")
             _check_party(s, event.transport_cut.and_, f"{where}.transport_cut.and")
@@ -672,7 +830,7 @@ def _check_events(s: Scenario) -> None:
                 except ScenarioError as err:
                     raise ScenarioError(f"{where}.set.{path}", value, err.problem) from None
             try:
-                build_scenario(data)
+                build_scenario(data, standing=False)
             except ScenarioError as err:
                 raise ScenarioError(f"{where}.set.{err.key}", err.value, err.problem) from None
 
@@ -733,29 +891,95 @@ def _check_entry(s: Scenario, section: str, where: str, entry: Any) -> None:
         )
 
 
-def _check_suppliers(s: Scenario) -> None:
-    """Every buyer needs at least one possible seller of its product."""
-    sold: set[str] = set()
-    for p in [*s.processors, *s.projects]:
-        if p.stage == "separation":
-            sold.update(f"oxide:{e}" for e, r in p.recovery.items() if r > 0)
-        elif p.stage == "magnet":
-            sold.add("magnet")
+def _check_captive_supply(s: Scenario) -> None:
+    """``sells_to`` names separation plants, and only mines have it."""
+    separation = {p.name for p in [*s.processors, *s.projects] if p.stage == "separation"}
+    for section in ("mines", "projects"):
+        for i, entry in enumerate(getattr(s, section)):
+            if entry.sells_to and getattr(entry, "stage", "mine") != "mine":
+                raise ScenarioError(f"{section}.{i}.sells_to", entry.sells_to, "only mines have it")
+            for j, name in enumerate(entry.sells_to):
+                if name not in separation:
+                    raise ScenarioError(
+                        f"{section}.{i}.sells_to.{j}", name, "no separation plant with this name"
+                    )
+
+
+def _check_suppliers(s: Scenario, standing: bool = True) -> None:
+    """Every buyer has a possible supply route; so does every processor's input.
+
+    A route is mine → separation (→ magnet plant) → buyer, over producers and pipeline projects
+    alike, respecting captive supply (``sells_to``) and, for the standing policies of a scenario
+    (``standing``), what they forbid from the start: China's zero export quotas and the ban on
+    allied mines selling to China. Dated events may cut routes on purpose (an embargo), so the
+    scenario as changed by an event is checked without its policies.
+    """
+    mines = [*s.mines, *(p for p in s.projects if p.stage == "mine")]
+    plants = [*s.processors, *s.projects]
+    separation = [p for p in plants if p.stage == "separation"]
+    magnet_plants = [p for p in plants if p.stage == "magnet"]
+
+    def blocked(product: str, seller: Any, buyer_country: str) -> bool:
+        if not standing:
+            return False
+        pol = s.policies
+        if product == "concentrate" and pol.compliance.ban_allied_mines_to_china:
+            if s.bloc_of(seller.country) == "alliance" and buyer_country == s.china:
+                return True
+        if seller.country != s.china or buyer_country == s.china:
+            return False
+        destinations = ("any", buyer_country, s.bloc_of(buyer_country))
+        for rule in pol.export_controls:  # the first matching control applies (policy.refresh)
+            if rule.product in ("any", product) and rule.destination in destinations:
+                return rule.quota_t_per_yr == 0
+        return False
+
+    def reaches(product: str, sellers: list[Any], country: str) -> bool:
+        return any(not blocked(product, seller, country) for seller in sellers)
+
+    def concentrate_sellers(plant: Any) -> list[Any]:
+        return [
+            m
+            for m in mines
+            if (not m.sells_to or plant.name in m.sells_to)
+            and not blocked("concentrate", m, plant.country)
+        ]
+
+    oxides: dict[str, list[Any]] = {}  # oxide -> separation plants that can make it
+    for plant in separation:
+        ores = concentrate_sellers(plant)
+        for element, recovery in plant.recovery.items():
+            if recovery > 0 and any(m.composition.get(element, 0) > 0 for m in ores):
+                oxides.setdefault(f"oxide:{element}", []).append(plant)
+    recipe = [e for e, c in (s.magnet.recipe_t_per_t.items() if s.magnet else []) if c > 0]
+
+    def missing_input(plant: Any) -> str | None:
+        for e in recipe:
+            if not reaches(f"oxide:{e}", oxides.get(f"oxide:{e}", []), plant.country):
+                return f"oxide:{e}"
+        return None
+
+    sellers = {**oxides, "magnet": [p for p in magnet_plants if missing_input(p) is None]}
+    given = " (given captive supply and the standing policies)" if standing else ""
     for i, buyer in enumerate(s.buyers):
-        if buyer.product not in sold:
+        if not reaches(buyer.product, sellers.get(buyer.product, []), buyer.country):
             raise ScenarioError(
                 f"buyers.{i}.product",
                 buyer.product,
-                f"buyer '{buyer.name}' has no possible supplier",
+                f"buyer '{buyer.name}' has no possible supplier{given}",
             )
-    stages = {p.stage for p in [*s.processors, *s.projects]}
-    if "separation" in stages and not s.mines and not any(p.stage == "mine" for p in s.projects):
-        raise ScenarioError("mines", [], "separation plants have no concentrate seller")
-    if "magnet" in stages and s.magnet is not None:
-        missing = [e for e in s.magnet.recipe_t_per_t if f"oxide:{e}" not in sold]
-        if missing:
-            raise ScenarioError(
-                "magnet.recipe_t_per_t",
-                missing[0],
-                "no separation plant produces this magnet input",
-            )
+    for section in ("processors", "projects"):
+        for i, plant in enumerate(getattr(s, section)):
+            if plant.stage == "separation" and not concentrate_sellers(plant):
+                raise ScenarioError(
+                    f"{section}.{i}.name",
+                    plant.name,
+                    f"no mine can sell this separation plant concentrate{given}",
+                )
+            missing = missing_input(plant) if plant.stage == "magnet" else None
+            if missing is not None:
+                raise ScenarioError(
+                    f"{section}.{i}.name",
+                    plant.name,
+                    f"no separation plant can sell this magnet plant {missing}{given}",
+                )

@@ -212,7 +212,9 @@ class World:
     stocks: Stocks
     edges: Edges
     transit_t: np.ndarray  # ring slot × row: quantities arriving at ticks ≡ slot (mod slots)
-    transit_attr_t: np.ndarray  # ring slot × row × attribute: attribute mass in transit
+    # per ring slot: (rows, row × attribute mass) of each shipment arriving then; sparse, as
+    # only rows with something on the way take room
+    transit_attr_t: list[list[tuple[np.ndarray, np.ndarray]]]
     reserve_rows: tuple[int, int] | None  # the reserve's (input, output) rows, if any
     reference_price: np.ndarray  # per product: initial price, the logit's price scale
 
@@ -226,8 +228,12 @@ def month_index(date: str) -> int:
     return int(year) * 12 + int(month) - 1
 
 
-def build_world(s: Scenario) -> World:
-    """Build the world's arrays from a validated scenario."""
+def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
+    """Build the world's arrays from a validated scenario.
+
+    ``rng`` (the model's generator) draws the trade links when the scenario asks for a sparse
+    network (``network.suppliers_per_buyer``); nothing else here is random.
+    """
     countries = list(s.countries)
     c_index = {c: i for i, c in enumerate(countries)}
     e_index = {e: i for i, e in enumerate(s.elements)}
@@ -378,7 +384,7 @@ def build_world(s: Scenario) -> World:
     )
 
     stocks = _build_stocks(s, rows, layout, producers, buyers, products, recipe)
-    edges = _build_edges(s, stocks, producers, layout, products)
+    edges = _build_edges(s, stocks, producers, layout, products, rng)
     # longest transport lead plus the longest licensing delay the schema allows
     slots = int(edges.lead_ticks.max(initial=0)) + round(24 * s.ticks_per_year / 12) + 1
     n_rows = len(stocks.qty_t)
@@ -395,7 +401,7 @@ def build_world(s: Scenario) -> World:
         stocks=stocks,
         edges=edges,
         transit_t=np.zeros((slots, n_rows)),
-        transit_attr_t=np.zeros((slots, n_rows, layout.width)),
+        transit_attr_t=[[] for _ in range(slots)],
         reference_price=np.array([s.initial_prices_usd_per_kg[p] for p in products]),
         reserve_rows=reserve_rows,
     )
@@ -504,10 +510,87 @@ def _transport_tables(s: Scenario, layout: Layout) -> tuple[np.ndarray, np.ndarr
     return cost, lead
 
 
+def _captive_supply_allows(
+    s: Scenario, producers: Producers, stocks: Stocks, seller: np.ndarray, buyer: np.ndarray
+) -> np.ndarray:
+    """Per concentrate edge: allowed by the seller's ``sells_to`` list (empty: any buyer)."""
+    index = {name: i for i, name in enumerate(producers.names)}
+    n = len(producers.names)
+    captive = np.zeros(n, dtype=bool)  # per producer: sells only to listed plants
+    pairs = []  # seller producer * n + buyer producer
+    for entry in [*s.mines, *s.projects]:
+        if getattr(entry, "sells_to", None):
+            i = index[entry.name]
+            captive[i] = True
+            pairs += [i * n + index[name] for name in entry.sells_to]
+    if not captive.any():
+        return np.ones(len(seller), dtype=bool)
+    seller_owner = stocks.owner[seller]  # per edge: both are producers in this market
+    listed = np.isin(seller_owner * n + stocks.owner[buyer], np.array(pairs, dtype=np.int64))
+    return ~captive[seller_owner] | listed
+
+
+def _draw_distinct(n_rows: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Per row, ``k < n`` distinct integers of ``[0, n)`` drawn uniformly, sorted (rows × k).
+
+    Draws with replacement and redraws duplicates until none are left; the process treats every
+    label alike, so each k-subset is equally likely. Few sellers: random keys, partitioned.
+    """
+    if n <= 4 * k:
+        keys = rng.random((n_rows, n))
+        return np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)
+    out = np.sort(rng.integers(0, n, (n_rows, k)), axis=1)
+    while True:
+        duplicate = np.zeros(out.shape, dtype=bool)
+        duplicate[:, 1:] = out[:, 1:] == out[:, :-1]
+        if not duplicate.any():
+            return out
+        out[duplicate] = rng.integers(0, n, int(duplicate.sum()))
+        out.sort(axis=1)
+
+
+def _links(
+    buy: np.ndarray,
+    sell: np.ndarray,
+    owner_kind: np.ndarray,
+    suppliers_per_buyer: int | None,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Buyer and seller rows of one market's links, sorted by buyer row, then seller row.
+
+    Every seller to every buyer; or, with ``suppliers_per_buyer = k``, each buyer to ``k``
+    producers drawn at random without replacement. The strategic reserve, a policy instrument,
+    is linked to every buyer of its product either way.
+    """
+    k = suppliers_per_buyer
+    pool = sell[owner_kind[sell] != RESERVE]  # per candidate producer: stock row
+    if k is None or k >= len(pool):
+        b_grid, s_grid = np.meshgrid(buy, sell, indexing="ij")
+        return b_grid.ravel(), s_grid.ravel()
+    if rng is None:
+        raise ValueError("network.suppliers_per_buyer needs the model's random generator")
+    chosen = pool[_draw_distinct(len(buy), len(pool), k, rng)]  # per buyer × k: stock row
+    reserve = sell[owner_kind[sell] == RESERVE]
+    if len(reserve):
+        chosen = np.sort(np.hstack([chosen, np.tile(reserve, (len(buy), 1))]), axis=1)
+    return np.repeat(buy, chosen.shape[1]), chosen.ravel()
+
+
 def _build_edges(
-    s: Scenario, stocks: Stocks, producers: Producers, layout: Layout, products: list[str]
+    s: Scenario,
+    stocks: Stocks,
+    producers: Producers,
+    layout: Layout,
+    products: list[str],
+    rng: np.random.Generator | None = None,
 ) -> Edges:
-    """Default rule: every seller row of a product to every buyer row of it."""
+    """Default rule: every seller row of a product to every buyer row of it.
+
+    With ``network.suppliers_per_buyer`` set, each buyer row is linked to that many sellers
+    of its product drawn with ``rng`` instead (see :func:`_links`). Minus what rules forbid at
+    build time: a plant never buys its own output, and a mine with a ``sells_to`` list
+    (captive supply, e.g. an integrated mine and plant) sells only to those plants.
+    """
     cost_table, lead_table = _transport_tables(s, layout)
     sellers_all, buyers_all, slices = [], [], []
     start = 0
@@ -515,13 +598,14 @@ def _build_edges(
         sell = np.flatnonzero((stocks.product == p) & (stocks.role == OUTPUT))
         buy = np.flatnonzero((stocks.product == p) & (stocks.role == INPUT))
         # per edge of this market, sorted by buyer row
-        b_grid, s_grid = np.meshgrid(buy, sell, indexing="ij")
-        b_flat, s_flat = b_grid.ravel(), s_grid.ravel()
+        b_flat, s_flat = _links(buy, sell, stocks.owner_kind, s.network.suppliers_per_buyer, rng)
         # a plant never buys its own output (none of the recipes here would allow it anyway)
         keep = ~(
             (stocks.owner_kind[s_flat] == stocks.owner_kind[b_flat])
             & (stocks.owner[s_flat] == stocks.owner[b_flat])
         )
+        if p == 0:
+            keep &= _captive_supply_allows(s, producers, stocks, s_flat, b_flat)
         sellers_all.append(s_flat[keep])
         buyers_all.append(b_flat[keep])
         n = int(keep.sum())

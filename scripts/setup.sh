@@ -26,4 +26,14 @@ if [ ! -x .venv/bin/python ] || ! suitable .venv/bin/python >/dev/null; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# the dashboard offline: Solara's front-end files, from the npm registry into Solara's cache
+.venv/bin/python scripts/solara_assets.py
+# the dashboard's browser test drives Debian's Chromium (CI runs as root; about 25 s)
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: no /usr/bin/chromium; tests/test_app.py needs it (sudo apt-get install chromium)" >&2
+  fi
+fi
 echo "setup: .venv ready ($(.venv/bin/python --version))"
