@@ -32,6 +32,7 @@ from abm.world import (
     PLANNED,
     RESERVE,
     STATUS,
+    captive_pairs,
 )
 
 if TYPE_CHECKING:
@@ -169,6 +170,10 @@ class Producer(mesa.Agent):
         margin[mine] = conc[mine] - p.unit_cost_usd_per_kg[mine]
         typical_ore = model.typical_ore_composition  # per element
         yields = typical_ore * p.recovery  # per producer × element
+        if not market_view:  # a plant's own view: the ore it actually holds and pays for
+            held = s.attrs[np.maximum(p.input_rows[:, 0], 0)][:, w.layout.composition]
+            has_ore = (p.input_rows[:, 0] >= 0) & (held.sum(axis=1) > 0)
+            yields = np.where(has_ore[:, None], held, typical_ore) * p.recovery
         if market_view:
             value = yields @ sale_price[1 : 1 + n_e]
             input_cost = np.full(
@@ -209,6 +214,18 @@ class Producer(mesa.Agent):
         return np.where(model.world.producers.country == model.world.china, inside, outside)
 
     @staticmethod
+    def pay_fixed_costs(model: RareEarthModel) -> None:
+        """Operating producers pay their fixed costs for the month (see ``fixed_cost_share``)."""
+        p = model.world.producers
+        share = model.config.investment.fixed_cost_share
+        operating = np.flatnonzero(p.status == OPERATING)
+        if share <= 0 or len(operating) == 0:
+            return
+        per_tick = p.capacity_t_per_yr[operating] / model.config.ticks_per_year
+        cost = share * p.unit_cost_usd_per_kg[operating] * per_tick / KG_PER_T
+        model.charge_opex(operating, cost)
+
+    @staticmethod
     def review_operations(model: RareEarthModel) -> None:
         """Idle after months of losses, restart when the market margin is positive, close."""
         p, inv = model.world.producers, model.config.investment
@@ -216,7 +233,10 @@ class Producer(mesa.Agent):
         market = Producer.market_margin(model)
         operating = p.status == OPERATING
         price_now = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)
-        losing = operating & (own < -1e-9 * price_now)  # below cost beyond rounding
+        fixed = inv.fixed_cost_share * p.unit_cost_usd_per_kg  # per kg of capacity
+        # below cost beyond rounding, or selling too little to pay the fixed costs
+        idle_capacity_loss = (own + fixed) * p.utilisation_history < fixed - 1e-9 * price_now
+        losing = operating & ((own < -1e-9 * price_now) | idle_capacity_loss)
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
         to_idle = operating & (p.loss_months >= inv.loss_months_to_idle)
         idle = p.status == IDLE
@@ -278,12 +298,41 @@ class Producer(mesa.Agent):
             p.discount_rate,
         )
         start = (p.status == PLANNED) & (model.tick >= p.earliest_tick) & (npv > 0)
+        start &= _has_a_plant(model, start)
         p.status = np.where(start, CONSTRUCTION, p.status)
         p.online_tick = np.where(start, model.tick + np.maximum(p.lead_ticks, 1), p.online_tick)
         capex = capex + np.where(start, p.capex_usd_million, 0.0)
         p.cash_usd_million -= capex
         model.accounts["capital_goods"] += capex.sum()
         model.capex_paid_usd_million += capex.sum()
+
+
+def variable_cost_usd_per_kg(model: RareEarthModel, producers: np.ndarray) -> np.ndarray:
+    """Per producer: the part of its unit cost that varies with output (US$/kg).
+
+    The rest, ``fixed_cost_share`` of the unit cost at full capacity, is paid every month a
+    producer operates, whatever its output (:meth:`Producer.pay_fixed_costs`), so a plant
+    that cannot sell loses money. At full capacity the two add up to the unit cost.
+    """
+    share = model.config.investment.fixed_cost_share
+    return (1.0 - share) * model.world.producers.unit_cost_usd_per_kg[producers]
+
+
+def _has_a_plant(model: RareEarthModel, starting: np.ndarray) -> np.ndarray:
+    """Per producer: a captive mine (``sells_to``) has a plant built, being built or starting.
+
+    An integrated project's mine is not built before its own separation plant is decided.
+    """
+    p = model.world.producers
+    mines, plants = captive_pairs(model.config, p.names)
+    ok = np.ones(len(p.names), dtype=bool)
+    if len(mines):
+        plant_there = (p.status[plants] != PLANNED) & (p.status[plants] != CLOSED) | starting[
+            plants
+        ]
+        ok[mines] = False
+        np.logical_or.at(ok, mines, plant_there)
+    return ok
 
 
 def project_npv(
@@ -388,7 +437,7 @@ class Mine(Producer):
         p.output_t[mines] = out
         s.qty_t[rows] += out
         model.mined_t_total += out.sum()
-        opex = out * p.unit_cost_usd_per_kg[mines] / KG_PER_T
+        opex = out * variable_cost_usd_per_kg(model, mines) / KG_PER_T
         model.charge_opex(mines, opex)
 
 
@@ -480,7 +529,7 @@ class Processor(Producer):
             s.qty_t, s.attrs, out_rows[plant_idx, element], q, q[:, None] * lot_attrs
         )
         p.output_t[plants] = through
-        model.charge_opex(plants, through * p.unit_cost_usd_per_kg[plants] / KG_PER_T)
+        model.charge_opex(plants, through * variable_cost_usd_per_kg(model, plants) / KG_PER_T)
 
     @staticmethod
     def make_magnets(model: RareEarthModel) -> None:
@@ -512,7 +561,7 @@ class Processor(Producer):
         s.qty_t[in_rows] = np.maximum(s.qty_t[in_rows] - use, 0.0)
         provenance.mix_into(s.qty_t, s.attrs, out_rows, made, made[:, None] * lot_attrs)
         p.output_t[plants] = made
-        model.charge_opex(plants, made * p.unit_cost_usd_per_kg[plants] / KG_PER_T)
+        model.charge_opex(plants, made * variable_cost_usd_per_kg(model, plants) / KG_PER_T)
 
 
 class Buyer(mesa.Agent):
@@ -688,6 +737,46 @@ class StrategicReserve(mesa.Agent):
         return self.model.months_to_ticks(cfg.target_months) * self.owner_need_t()
 
     @staticmethod
+    def seed(model: RareEarthModel) -> None:
+        """Put the reserve's ``initial_stock_t`` in place (at the start, after the warm-up).
+
+        The stock was bought before the start: it is compliant, with the mass-weighted
+        provenance of the compliant sellers of the product (or, if there are none, mined and
+        processed in the reserve's country), and the capital it drew is spent at the buy
+        trigger price, so it bears carrying cost from the start.
+        """
+        self = model.reserve
+        cfg = model.config.policies.reserve
+        if self.rows is None or cfg is None or cfg.initial_stock_t <= 0:
+            return
+        w, s = model.world, model.world.stocks
+        held_in = self.rows[0]
+        product = s.product[held_in]
+        sellers = np.flatnonzero(
+            (s.product == product)
+            & (s.role == 0)
+            & (s.owner_kind != RESERVE)
+            & (s.qty_t > 0)
+            & model.compliant_rows(np.arange(len(s.qty_t)))
+        )
+        if len(sellers):
+            weight = s.qty_t[sellers]
+            attrs = (weight[:, None] * s.attrs[sellers]).sum(axis=0) / weight.sum()
+        else:
+            attrs = np.zeros(w.layout.width)
+            country = s.country[held_in]
+            attrs[w.layout.origin_cell(country, country)] = 1.0
+            attrs[w.layout.composition] = np.eye(len(w.layout.elements))[product - 1]
+        provenance.mix_into(
+            s.qty_t,
+            s.attrs,
+            np.array([held_in]),
+            np.array([cfg.initial_stock_t]),
+            cfg.initial_stock_t * attrs[None, :],
+        )
+        self.spent_usd_million = cfg.initial_stock_t * cfg.buy_trigger_usd_per_kg / KG_PER_T
+
+    @staticmethod
     def plan(model: RareEarthModel) -> None:
         """Buy rule (desired purchase) and release rule (move stock to the selling row)."""
         self = model.reserve
@@ -707,7 +796,7 @@ class StrategicReserve(mesa.Agent):
         affordable = max(budget, 0.0) * KG_PER_T / cfg.buy_trigger_usd_per_kg
         s.desired_t[held_in] = min(room, step, affordable)
         owner_price = model.owner_landed_price(cfg.owner, s.product[held_in])
-        shortage = model.last_shortage[model.bloc_of_party(cfg.owner)]
+        shortage = model.last_reserve_shortage  # of the reserve's product, owner's bloc
         if (
             owner_price >= cfg.release_trigger_usd_per_kg
             or shortage > cfg.release_shortage_threshold

@@ -17,16 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import solara
 from matplotlib.figure import Figure
 from mesa.visualization import SolaraViz, make_plot_component
 
 from abm import flow_plots, plots
 from abm.model import RareEarthModel
-from abm.runs import Result
+from abm.runs import Result, metrics_frame
 from abm.scenario import load_scenario
-from abm.world import month_index
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 BASELINE = CONFIGS / "baseline.yaml"
@@ -196,18 +194,19 @@ MODEL_PARAMS: dict[str, Any] = {
 
 def snapshot(model: RareEarthModel) -> Result:
     """The run so far as a :class:`~abm.runs.Result` (metrics with dates, recent flows)."""
-    frame = model.datacollector.get_model_vars_dataframe().reset_index(drop=True)
-    frame.index = pd.RangeIndex(len(frame), name="tick")
-    start = month_index(model.config.start)
-    months = frame.index.to_numpy() * 12 // model.config.ticks_per_year + start
-    frame.insert(0, "date", [f"{m // 12:04d}-{m % 12 + 1:02d}" for m in months])
-    recent = model.flow_log[-MAP_MONTHS:]
-    log, model.flow_log = model.flow_log, recent
+    log = model.flow_log
+    model.flow_log = log[-MAP_MONTHS:]  # the map shows the last months only
     try:
         flows = model.flows_frame()
     finally:
         model.flow_log = log
-    return Result(model.config, getattr(model, "seed", 0), frame, flows, model=model)
+    return Result(
+        scenario=model.config,
+        seed=getattr(model, "seed", 0),
+        metrics=metrics_frame(model),
+        flows=flows,
+        model=model,
+    )
 
 
 def _figure(draw, size: tuple[float, float]) -> Any:
@@ -230,7 +229,7 @@ def _figure(draw, size: tuple[float, float]) -> Any:
 def levers_in_force(model: DashboardModel) -> Any:
     """A card listing the levers the current model was built with, and its month."""
     rows = "\n".join(f"| {name} | {value} |" for name, value in model.controls.items())
-    month = snapshot(model).metrics["date"].iloc[-1]
+    month = metrics_frame(model)["date"].iloc[-1]
     return solara.Markdown(
         f"**Month {month}** (tick {model.tick}). Levers in force (move them, then Reset):\n\n"
         f"| lever | value |\n|---|---|\n{rows}"

@@ -195,10 +195,20 @@ def _check_design(spec: SweepSpec, source: Path) -> None:
             raise _fail(where, name, "also fixed in set:", source)
         if spec.design == "grid":
             if p.values is None or p.low is not None or p.high is not None:
-                raise _fail(where, p.model_dump(), "a grid parameter needs values: [...]", source)
+                raise _fail(
+                    where,
+                    p.model_dump(exclude_none=True),
+                    "a grid parameter needs values: [...]",
+                    source,
+                )
             continue
         if p.values is not None or p.low is None or p.high is None:
-            raise _fail(where, p.model_dump(), f"a {spec.design} parameter needs low, high", source)
+            raise _fail(
+                where,
+                p.model_dump(exclude_none=True),
+                f"a {spec.design} parameter needs low, high",
+                source,
+            )
         if not p.low < p.high:
             raise _fail(f"{where}.high", p.high, "must be above low", source)
         if name in CATEGORICAL:
@@ -416,10 +426,12 @@ class EmaFunction:
     source: str
     ticks: int | None
     outcomes: dict[str, Outcome]
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, seed: int = 0, **parameters: Any) -> dict[str, float]:
         """Run once with levers/dotted paths as keyword arguments; returns every outcome."""
-        frame, scenario = simulate(self.base, parameters, int(seed), self.ticks, self.source)
+        overrides = {**self.fixed, **parameters}
+        frame, scenario = simulate(self.base, overrides, int(seed), self.ticks, self.source)
         return summarise(frame, self.outcomes, scenario.ticks_per_year)
 
 
@@ -430,6 +442,7 @@ def ema_model(
     scenario: str | Path | None = None,
     ticks: int | None = None,
     seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
     name: str = "abm",
 ) -> Any:
     """An EMA Workbench ``Model`` of the rare-earth model (needs the ``ema`` extra).
@@ -442,6 +455,7 @@ def ema_model(
         scenario: base scenario file (default: the baseline).
         ticks: ticks per run (default: the scenario's).
         seed: seed of every run (a ``Constant``; use a ``ReplicatorModel`` for more).
+        overrides: fixed dotted paths or levers applied to every run.
         name: the model's name (alphanumeric).
 
     Returns:
@@ -460,7 +474,8 @@ def ema_model(
             return RealParameter(key, float(spec[0]), float(spec[1]))
         return CategoricalParameter(key, list(spec))
 
-    model = Model(name, function=EmaFunction(scenario_data(path), str(path), ticks, chosen))
+    function = EmaFunction(scenario_data(path), str(path), ticks, chosen, dict(overrides or {}))
+    model = Model(name, function=function)
     model.uncertainties = [parameter(k, v) for k, v in uncertainties.items()]
     model.levers = [parameter(k, v) for k, v in (levers or {}).items()]
     model.constants = [Constant("seed", seed)]

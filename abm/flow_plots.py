@@ -159,9 +159,17 @@ def country_flows(
 
 
 def plot_trade_map(
-    ax: Axes, result: Result, product: str, ticks: tuple[int, int] | None = None
+    ax: Axes,
+    result: Result,
+    product: str,
+    ticks: tuple[int, int] | None = None,
+    widest_t: float | None = None,
 ) -> None:
-    """Draw the trade-flow map of one product over a period into ``ax``."""
+    """Draw the trade-flow map of one product over a period into ``ax``.
+
+    ``widest_t`` (t per month) is the flow drawn at full width (default: this map's largest
+    trade flow); give maps that are compared the same value.
+    """
     flows = country_flows(result, product, ticks)
     pos, blocs = positions(result), _country_bloc(result)
     unit = "t NdFeB" if product == "magnet" else "t REO" if product == "concentrate" else "t"
@@ -169,7 +177,7 @@ def plot_trade_map(
         "flow_t"
     ]
     trade = flows[flows["seller_country"] != flows["buyer_country"]].sort_values("flow_t")
-    biggest = max(float(trade["flow_t"].max()) if len(trade) else 0.0, 1e-9)
+    biggest = widest_t or max(float(trade["flow_t"].max()) if len(trade) else 0.0, 1e-9)
     shown = trade[trade["flow_t"] >= 0.002 * biggest]  # hide the logit's vanishing tails
     ax.add_collection(
         PolyCollection(land_outlines(), facecolor="#ececec", edgecolor="#c8c8c8", lw=0.5)
@@ -183,7 +191,7 @@ def plot_trade_map(
                 pos[row.buyer_country],
                 connectionstyle="arc3,rad=0.22",
                 arrowstyle="-|>",
-                mutation_scale=6 + width,
+                mutation_scale=8 + 1.5 * width,
                 lw=width,
                 color=ROUTE_CMAP(share),
                 alpha=0.75,
@@ -205,7 +213,7 @@ def plot_trade_map(
     first, last = _period(result.flows, ticks)
     ax.set_title(
         f"Trade in {product}, {_date_of(result, first)} to {_date_of(result, last)}: "
-        f"arc width = flow (widest {biggest:,.0f} {unit}/month)",
+        f"arc width = flow (full width {biggest:,.0f} {unit}/month)",
         fontsize=10,
     )
     handles = [
@@ -357,7 +365,7 @@ def plot_provenance_sankey(
         ax.spines[side].set_visible(False)
     first, last = _period(metrics.consumption_frame(result.model), ticks)
     ax.set_title(
-        f"Where {'end-use rare earths' if product is None else product} came from, "
+        f"Where {'end-use rare earths' if product is None else 'consumed ' + product} came from, "
         f"{_date_of(result, first)} to {_date_of(result, last)}: {total / 1000:,.1f} {unit}\n"
         "ribbon colour = bloc of the separation country",
         fontsize=10,

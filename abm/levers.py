@@ -17,6 +17,7 @@ dotted paths first, then levers in the order of :data:`LEVERS`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,7 @@ def _tariff_rate(data: Data, rate: float) -> None:
     found = _update_entries(
         data, "policies.tariffs", _from_china(data), lambda rule: rule.update(rate=rate)
     )
-    if not found and rate > 0:
+    if not found and rate != 0:  # a negative rate is added, so validation names it
         data["policies"]["tariffs"].extend(
             {"origin": "china", "destination": "alliance", "product": p, "rate": rate}
             for p in _traded_products(data)
@@ -461,7 +462,7 @@ def apply_overrides(
     pairs = _pairs(overrides)
     for key, value in pairs:
         if not is_lever(key):
-            _set_path(data, key, value)
+            _set_path(data, key, copy.deepcopy(value))  # never share the caller's objects
     scenario = build_scenario(data, source)
     levers = dict((key, value) for key, value in pairs if is_lever(key))
     if not any(value is not None for value in levers.values()):

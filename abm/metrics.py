@@ -44,11 +44,6 @@ def slug(product: str) -> str:
     return product.replace(":", "_")
 
 
-def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
-    total = weights.sum()
-    return float((values * weights).sum() / total) if total > 0 else float("nan")
-
-
 def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
     """Per-edge facts the price metrics select on, computed once per collected tick."""
     key = (model.tick, model.steps)
@@ -81,25 +76,52 @@ def price(model: RareEarthModel, product: int, kind: str) -> float:
     """Volume-weighted price of this tick's trades of one product, by kind of trade.
 
     Kinds: ``world`` (every trade, at the ask), ``cn_domestic`` (CN sellers to CN buyers),
-    ``export_fob`` (CN sellers to non-CN buyers, ask before tariff), ``alliance_landed``
+    ``export_fob`` (CN sellers to non-CN buyers: the ask plus China's export duty, before
+    the importer's tariff — a price at the Chinese port), ``alliance_landed``
     (all-in landed cost alliance buyers paid), ``compliant`` (material no CN mine or plant
     touched, at the ask).
     """
+    return float(_price_table(model)[kind][product])
+
+
+def _price_table(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """Per kind of trade (see :func:`price`), per product: this tick's price, computed once."""
     v = _edge_view(model)
-    on = v["product"] == product
-    select = {
-        "world": on,
-        "cn_domestic": on & v["seller_cn"] & v["buyer_cn"],
-        "export_fob": on & v["seller_cn"] & ~v["buyer_cn"],
-        "alliance_landed": on & (v["buyer_bloc"] == BLOCS.index("alliance")),
-        "compliant": on & v["compliant"],
-    }[kind]
-    prices = model.edge_landed if kind == "alliance_landed" else model.edge_ask
-    # a trade counts when it is more than a billionth of the product's volume this tick, so
-    # vanishing logit tails (underflowing differently at different scales) do not count
-    if v["flow"][select].sum() <= NEGLIGIBLE_SHARE * v["flow"][on].sum():
-        return float("nan")
-    return _weighted(prices[select], v["flow"][select])
+    if "prices" not in v:
+        markets = model.world.edges.market_slices  # per product: its contiguous edges
+        traded_at = [edges.start for edges in markets if edges.stop > edges.start]
+        filled = np.array([edges.stop > edges.start for edges in markets])  # per product
+
+        def by_product(per_edge: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(markets))
+            if traded_at:  # markets tile the edge list in product order
+                out[filled] = np.add.reduceat(per_edge, traded_at)
+            return out
+
+        flow = v["flow"]  # per edge
+        volume = by_product(flow)  # per product
+        select = {  # per edge
+            "world": True,
+            "cn_domestic": v["seller_cn"] & v["buyer_cn"],
+            "export_fob": v["seller_cn"] & ~v["buyer_cn"],
+            "alliance_landed": v["buyer_bloc"] == BLOCS.index("alliance"),
+            "compliant": v["compliant"],
+        }
+        table = {}
+        for kind, mask in select.items():
+            prices = {
+                "alliance_landed": model.edge_landed,
+                "export_fob": model.edge_ask * (1.0 + model.world.edges.duty),  # duty paid
+            }.get(kind, model.edge_ask)
+            selected = flow * mask  # per edge: tonnes of this kind of trade
+            traded, value = by_product(selected), by_product(selected * prices)
+            # a trade counts when it is more than a billionth of the product's volume this
+            # tick, so vanishing logit tails (underflowing differently at different scales)
+            # do not count
+            counts = traded > NEGLIGIBLE_SHARE * volume
+            table[kind] = np.where(counts, value / np.where(counts, traded, 1.0), np.nan)
+        v["prices"] = table
+    return v["prices"]
 
 
 def two_tier_spread(model: RareEarthModel, product: int) -> float:
@@ -127,7 +149,7 @@ def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
     b = w.buyers
     mine = w.country_bloc[b.country] == bloc
     weight = _consumption_value_weights(model)[mine]
-    attr_mass = model.consumed_attr_t[mine]  # per buyer × attribute, t
+    attr_mass = model.consumed_attr_t  # per buyer × attribute, t
     consumed = b.consumed_t[mine]
     if kind == "processed":
         linked = attr_mass[:, w.layout.processed_cn]
@@ -137,6 +159,7 @@ def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
         linked = provenance.separated_in(attr_mass, w.layout, w.china)
     else:
         linked = provenance.mined_in(attr_mass, w.layout, w.china)
+    linked = linked[mine]  # per buyer of the bloc (selected after the column: no row copies)
     total = (weight * consumed).sum()
     return float((weight * linked).sum() / total) if total > 0 else float("nan")
 
@@ -200,11 +223,16 @@ def profit(model: RareEarthModel, stage: int, bloc: int) -> float:
 # ------------------------------------------------------------------ demand side
 
 
-def shortage(model: RareEarthModel, bloc: int) -> float:
-    """Unmet share of a bloc's end-use need this tick (by value at reference prices)."""
+def shortage(model: RareEarthModel, bloc: int, product: int | None = None) -> float:
+    """Unmet share of a bloc's end-use need this tick (by value at reference prices).
+
+    With ``product``, only the need of buyers of that product.
+    """
     w = model.world
     b = w.buyers
     mine = w.country_bloc[b.country] == bloc
+    if product is not None:
+        mine &= b.product == product
     weight = _consumption_value_weights(model)[mine]
     need = (weight * b.need_t[mine]).sum()
     got = (weight * b.consumed_t[mine]).sum()
@@ -214,7 +242,8 @@ def shortage(model: RareEarthModel, bloc: int) -> float:
 def seller_stock(model: RareEarthModel, product: int) -> float:
     """Tonnes of a product held by sellers (the balance problem shows here)."""
     s = model.world.stocks
-    mask = (s.product == product) & np.isin(s.owner_kind, (MINE, PROCESSOR)) & (s.role == 0)
+    producer = (s.owner_kind == MINE) | (s.owner_kind == PROCESSOR)  # per row
+    mask = (s.product == product) & producer & (s.role == 0)
     return float(s.qty_t[mask].sum())
 
 
@@ -255,7 +284,8 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
             Metric(
                 f"price_export_fob_{tag}",
                 unit,
-                f"Volume-weighted price of {name} sold by CN sellers abroad, before tariff.",
+                f"Volume-weighted price of {name} sold by CN sellers abroad, duty paid, "
+                "before tariff.",
                 partial(price, product=p, kind="export_fob"),
             )
         )
@@ -322,6 +352,17 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
                 lambda m, b=b: 1 - shortage(m, b),
             )
         )
+        for p, product in enumerate(model.world.products):
+            if p == 0:
+                continue  # concentrate has no end users
+            add(
+                Metric(
+                    f"shortage_{bloc}_{slug(product)}",
+                    "share",
+                    f"Unmet share of the {bloc} bloc's end-use need of {product}.",
+                    partial(shortage, bloc=b, product=p),
+                )
+            )
     for st, stage in enumerate(STAGES):
         unit = "t magnet/yr" if stage == "magnets" else "t REO/yr"
         add(
@@ -556,7 +597,8 @@ def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:
     origin = provenance.origin_matrix(model.consumed_attr_t, w.layout)  # per buyer × mine × sep
     group = b.product * len(BLOCS) + w.country_bloc[b.country]  # per buyer: product × bloc
     cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))
-    np.add.at(cube, group, origin)
+    groups, origin_by_group = provenance.sum_by(group, origin)
+    cube[groups] = origin_by_group
     cell, mine, sep = np.nonzero(cube > 0)
     return {
         "product": cell // len(BLOCS),

@@ -8,6 +8,7 @@ itself is the pure code of ``abm.market``; this module wires agents' state into 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,12 @@ class _MarketIndex:
     seller_local: np.ndarray  # per edge: local seller
     buyer_rows: np.ndarray  # per local buyer: stock row
     buyer_local: np.ndarray  # per edge: local buyer
+    buyer_starts: np.ndarray  # per local buyer: its first edge (edges run by buyer)
+    abroad: np.ndarray  # per edge: 1.0 where the buyer is outside China, else 0.0
+
+    def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
+        """Per local buyer: the sum of a per-edge quantity over its edges."""
+        return np.add.reduceat(per_edge, self.buyer_starts)
 
 
 class RareEarthModel(mesa.Model):
@@ -92,6 +99,9 @@ class RareEarthModel(mesa.Model):
         )
         self.config = scenario
         self.world: World = build_world(scenario, self.rng)
+        # one stream per kind of draw, so a policy that adds draws of one kind (licences)
+        # leaves the others (sellers' price noise) as they were: paired runs stay paired
+        self.price_rng, self.licence_rng = self.rng.spawn(2)
         self.tick = 0
         self._init_accounts()
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
@@ -112,7 +122,8 @@ class RareEarthModel(mesa.Model):
         self.row_account = self._row_accounts()
         self.policy = PolicyState(self)
         self.policy.refresh()
-        self._graph = self._build_network()
+        self._row_agent = self._row_agents()  # per stock row: the agent that owns it
+        self._graph: nx.MultiDiGraph | None = None  # built on first use of ``network``
         self.flow_log: list[dict[str, np.ndarray]] = []
         self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
@@ -176,6 +187,7 @@ class RareEarthModel(mesa.Model):
         self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
         self.last_cn_separation_share = 1.0
         self.last_shortage = dict.fromkeys(BLOCS, 0.0)
+        self.last_reserve_shortage = 0.0  # the reserve owner's shortage of its product
 
     def _row_accounts(self) -> np.ndarray:
         """Per stock row: the account its owner pays from and is paid into.
@@ -191,7 +203,12 @@ class RareEarthModel(mesa.Model):
         e = self.world.edges
         seller_rows, seller_local = np.unique(e.seller[edges], return_inverse=True)
         buyer_rows, buyer_local = np.unique(e.buyer[edges], return_inverse=True)
-        return _MarketIndex(edges, seller_rows, seller_local, buyer_rows, buyer_local)
+        # edges are stored sorted by buyer row, so each buyer's edges form one run
+        buyer_starts = provenance.run_starts(buyer_local)
+        abroad = (self.world.stocks.country[e.buyer[edges]] != self.world.china).astype(float)
+        return _MarketIndex(
+            edges, seller_rows, seller_local, buyer_rows, buyer_local, buyer_starts, abroad
+        )
 
     def _init_buyer_terms(self) -> None:
         """Per stock row: the buying terms of its owner (processors buy without premium)."""
@@ -284,6 +301,7 @@ class RareEarthModel(mesa.Model):
         self.world.buyers.cash_usd_million[:] = 0.0
         self.reserve.cash_usd_million = 0.0
         self.reserve.spent_usd_million = 0.0
+        StrategicReserve.seed(self)
         self._init_accounts_after_warmup()
 
     def _init_accounts_after_warmup(self) -> None:
@@ -298,9 +316,25 @@ class RareEarthModel(mesa.Model):
         self.initial_reo_t = self.reo_in_system_t()
         self.tick_fiscal = dict.fromkeys(self.accounts, 0.0)
 
+    def _row_agents(self) -> list[mesa.Agent]:
+        s = self.world.stocks
+        owners = {BUYER: self.buyer_agents, RESERVE: [self.reserve]}
+        return [
+            owners.get(kind, self.producer_agents)[owner]
+            for kind, owner in zip(
+                s.owner_kind.tolist(),
+                np.where(s.owner_kind == RESERVE, 0, s.owner).tolist(),
+                strict=True,
+            )
+        ]
+
     def _build_network(self) -> nx.MultiDiGraph:
-        """Agents as nodes, trade links as edges keyed by product (MODEL.md §5)."""
-        w, s, e = self.world, self.world.stocks, self.world.edges
+        """Agents as nodes, trade links as edges keyed by product (MODEL.md §5).
+
+        Built when ``network`` is first read, not with the model: a world of 100,000 buyers
+        has millions of links, and most runs never look at the graph.
+        """
+        w, e = self.world, self.world.edges
         graph = nx.MultiDiGraph()
         agents = [*self.producer_agents, *self.buyer_agents]
         if self.reserve.rows is not None:
@@ -320,21 +354,17 @@ class RareEarthModel(mesa.Model):
                 stage=stage,
                 agent=agent,
             )
-        self._row_agent = [
-            self.reserve
-            if s.owner_kind[r] == RESERVE
-            else (self.buyer_agents if s.owner_kind[r] == BUYER else self.producer_agents)[
-                s.owner[r]
-            ]
-            for r in range(len(s.qty_t))
-        ]
-        for i in range(len(e.seller)):
-            graph.add_edge(
-                self._row_agent[e.seller[i]].name,
-                self._row_agent[e.buyer[i]].name,
-                key=w.products[e.product[i]],
-                edge_index=i,
+        names = np.array([agent.name for agent in self._row_agent], dtype=object)  # per row
+        products = np.array(w.products, dtype=object)
+        graph.add_edges_from(
+            zip(
+                names[e.seller].tolist(),
+                names[e.buyer].tolist(),
+                products[e.product].tolist(),
+                ({"edge_index": i} for i in range(len(e.seller))),
+                strict=False,
             )
+        )
         return graph
 
     @property
@@ -342,6 +372,8 @@ class RareEarthModel(mesa.Model):
         """The trade network with current terms and last tick's flows on every edge."""
         w, e = self.world, self.world.edges
         china = w.china
+        if self._graph is None:
+            self._graph = self._build_network()
         for *_, data in self._graph.edges(data=True):
             i = data["edge_index"]
             data.update(
@@ -398,10 +430,16 @@ class RareEarthModel(mesa.Model):
         shipments = w.transit_attr_t[slot]
         if not shipments:
             return
-        rows = np.unique(np.concatenate([rows for rows, _ in shipments]))
-        mass = np.zeros((len(rows), w.layout.width))  # per arriving row × attribute
-        for shipped_rows, shipped_mass in shipments:
-            mass[np.searchsorted(rows, shipped_rows)] += shipped_mass
+        if len(shipments) == 1:
+            rows, mass = shipments[0]  # per arriving row (unique, increasing) × attribute
+        else:
+            arriving = np.zeros(w.transit_t.shape[1], dtype=bool)  # per row
+            for shipped_rows, _ in shipments:
+                arriving[shipped_rows] = True
+            rows = np.flatnonzero(arriving)
+            mass = np.zeros((len(rows), w.layout.width))  # per arriving row × attribute
+            for shipped_rows, shipped_mass in shipments:
+                mass[np.searchsorted(rows, shipped_rows)] += shipped_mass
         provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[slot, rows], mass)
         w.transit_t[slot, rows] = 0.0
         w.transit_attr_t[slot] = []
@@ -413,14 +451,14 @@ class RareEarthModel(mesa.Model):
         The margin ranking of concentrate offers, MODEL.md §7.1.
         """
         w, s, p = self.world, self.world.stocks, self.world.producers
-        e = w.edges
         n_e = len(w.layout.elements)
-        plant = s.owner[e.buyer[m.edges]]  # per edge
-        out = p.output_rows[plant, 1 : 1 + n_e]  # per edge × element
+        plants = s.owner[m.buyer_rows]  # per local buyer
+        out = p.output_rows[plants, 1 : 1 + n_e]  # per plant × element
         oxide_price = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], 0.0)
-        comp = s.attrs[e.seller[m.edges]][:, w.layout.composition]  # per edge × element
-        gross = (comp * p.recovery[plant] * oxide_price).sum(axis=1)
-        return gross - p.unit_cost_usd_per_kg[plant]
+        ores = s.attrs[m.seller_rows, w.layout.composition]  # per local seller × element
+        plant = m.buyer_local  # per edge: local buyer
+        gross = ores[m.seller_local] * p.recovery[plants][plant] * oxide_price[plant]
+        return gross.sum(axis=1) - p.unit_cost_usd_per_kg[plants][plant]  # per edge
 
     def _clear_market(self, product: int) -> None:
         """Clear one product market (MODEL.md §7.1) and ship, pay and record the flows."""
@@ -431,7 +469,9 @@ class RareEarthModel(mesa.Model):
             return
         sellers, buyers = e.seller[sl], e.buyer[sl]  # per edge: stock rows
         controlled = self.policy.export_group[sl] >= 0  # per edge: quota or licence applies
-        own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], s.ask_usd_per_kg[sellers])
+        own_ask = s.ask_usd_per_kg[sellers]  # per edge
+        if controlled.any():
+            own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], own_ask)
         strategic_ask = own_ask  # per edge: China's strategic export asks, paid by its budget
         if self.policy.strategic_active:
             strategic_ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
@@ -472,7 +512,7 @@ class RareEarthModel(mesa.Model):
         self.policy.record_export_orders(sl, asked)
         self.policy.pass_on_unused_quota(product)
         sold = np.bincount(m.seller_local, flow, minlength=len(m.seller_rows))
-        bought = np.bincount(m.buyer_local, flow, minlength=len(m.buyer_rows))
+        bought = m.per_buyer(flow)
         s.qty_t[m.seller_rows] = np.maximum(s.qty_t[m.seller_rows] - sold, 0.0)
         s.available_t[m.seller_rows] = planned_offer_t(self, m.seller_rows)
         # a seller's (domestic) ask answers the orders it could serve; export orders rationed
@@ -492,7 +532,7 @@ class RareEarthModel(mesa.Model):
         self.edge_ask[sl] = ask
         self.edge_landed[sl] = landed
         self._ship(sellers, buyers, flow, e.lead_ticks[sl] + self.policy.extra_lead(sl))
-        self._pay(sl, sellers, buyers, flow, ask, landed)
+        self._pay(m, sellers, flow, ask, landed)
         self._pay_policy(product, sellers, flow, own_ask - strategic_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
 
@@ -563,47 +603,52 @@ class RareEarthModel(mesa.Model):
     ) -> None:
         """Deliver now (lead time 0) or put in transit for ``lead`` ticks."""
         w = self.world
-        moving = flow > 0
-        sellers, buyers, flow, lead = sellers[moving], buyers[moving], flow[moving], lead[moving]
-        shipments = []  # per lead time: receiving rows, tonnes and attribute mass per row
-        for ticks in np.unique(lead):
-            this = lead == ticks
-            lots = provenance.lot_inflows(buyers[this], sellers[this], flow[this], w.stocks.attrs)
-            shipments.append((int(ticks), *lots))
-        for lead_ticks, rows, qty, mass in shipments:
-            if lead_ticks == 0:
-                provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
+        n_rows = len(w.stocks.qty_t)
+        moving = np.flatnonzero(flow > 0)  # per shipment: its edge
+        if len(moving) and lead[moving].min() != lead[moving].max():
+            # by lead time, then buyer row (a stable radix sort of small integers)
+            moving = moving[np.argsort(lead[moving].astype(np.int16), kind="stable")]
+        # one sparse product for all lead times: lots keyed by (lead time, receiving row)
+        keys, qty, mass = provenance.lot_inflows(
+            lead[moving] * n_rows + buyers[moving], sellers[moving], flow[moving], w.stocks.attrs
+        )
+        lead_ticks, receiving = np.divmod(keys, n_rows)  # per receiving (lead time, row)
+        starts = [0, *(np.flatnonzero(np.diff(lead_ticks)) + 1).tolist(), len(keys)]
+        for start, stop in pairwise(starts):
+            if start == stop:
                 continue
-            slot = (self.tick + lead_ticks) % len(w.transit_t)
-            w.transit_t[slot, rows] += qty
-            w.transit_attr_t[slot].append((rows, mass))
+            ticks, rows = int(lead_ticks[start]), receiving[start:stop]
+            if ticks == 0:
+                provenance.mix_into(
+                    w.stocks.qty_t, w.stocks.attrs, rows, qty[start:stop], mass[start:stop]
+                )
+                continue
+            slot = (self.tick + ticks) % len(w.transit_t)
+            w.transit_t[slot, rows] += qty[start:stop]
+            w.transit_attr_t[slot].append((rows, mass[start:stop]))
             self.in_transit_t[rows] = w.transit_t[:, rows].sum(axis=0)
 
     def _pay(
         self,
-        sl: slice,
+        m: _MarketIndex,
         sellers: np.ndarray,
-        buyers: np.ndarray,
         flow: np.ndarray,
         ask: np.ndarray,
         landed: np.ndarray,
     ) -> None:
         """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""
-        e = self.world.edges
-        to_money = flow / KG_PER_T  # t × US$/kg → US$ million
-        duty = to_money * ask * e.duty[sl]
-        tariff = to_money * ask * (1 + e.duty[sl]) * e.tariff[sl]
-        levy = to_money * e.levy_usd_per_kg[sl]
-        transport = to_money * e.transport_usd_per_kg[sl]
+        e, sl = self.world.edges, m.edges
+        to_money = flow / KG_PER_T  # t × US$/kg → US$ million, per edge
+        sales = to_money * ask  # per edge, US$ M
         n_accounts = len(self.tick_in)
-        self.tick_in += np.bincount(self.row_account[sellers], to_money * ask, minlength=n_accounts)
+        self.tick_in += np.bincount(self.row_account[sellers], sales, minlength=n_accounts)
         self.tick_out += np.bincount(
-            self.row_account[buyers], to_money * landed, minlength=n_accounts
+            self.row_account[m.buyer_rows], m.per_buyer(to_money * landed), minlength=n_accounts
         )
-        self.tick_fiscal["duty_revenue"] += duty.sum()
-        self.tick_fiscal["tariff_revenue"] += tariff.sum()
-        self.tick_fiscal["levy_revenue"] += levy.sum()
-        self.tick_fiscal["transport"] += transport.sum()
+        self.tick_fiscal["duty_revenue"] += float((sales * e.duty[sl]).sum())
+        self.tick_fiscal["tariff_revenue"] += float((sales * (1 + e.duty[sl]) * e.tariff[sl]).sum())
+        self.tick_fiscal["levy_revenue"] += float((to_money * e.levy_usd_per_kg[sl]).sum())
+        self.tick_fiscal["transport"] += float((to_money * e.transport_usd_per_kg[sl]).sum())
 
     def charge_opex(self, producers: np.ndarray, usd_million: np.ndarray) -> None:
         """Record operating costs (paid to the outside economy) of some producers."""
@@ -613,14 +658,20 @@ class RareEarthModel(mesa.Model):
     def _update_buyer_expectations(
         self, m: _MarketIndex, flow: np.ndarray, landed: np.ndarray, eligible: np.ndarray
     ) -> None:
-        """Buyers expect what they paid (volume-weighted), or the cheapest offer if nothing."""
+        """Buyers expect what they paid (volume-weighted), or the cheapest offer if nothing.
+
+        Concentrate is the exception: a kg of one ore is not a kg of another, so a plant that
+        bought nothing keeps its expectation (the price per kg of the ores it buys).
+        """
         s = self.world.stocks
         n_b = len(m.buyer_rows)
-        bought = np.bincount(m.buyer_local, flow, minlength=n_b)
-        paid = np.bincount(m.buyer_local, flow * landed, minlength=n_b)
+        bought = m.per_buyer(flow)
+        paid = m.per_buyer(flow * landed)
         cheapest = np.full(n_b, np.inf)
-        np.minimum.at(cheapest, m.buyer_local, np.where(eligible, landed, np.inf))
-        observed = np.where(bought > 0, paid / np.maximum(bought, 1e-300), cheapest)
+        if self.world.edges.product[m.edges.start] != 0:
+            cheapest = np.minimum.reduceat(np.where(eligible, landed, np.inf), m.buyer_starts)
+        some = bought > market.TINY * max(float(bought.sum()), 1e-300)  # scale-free "bought"
+        observed = np.where(some, paid / np.maximum(bought, 1e-300), cheapest)
         current = s.expected_price_usd_per_kg[m.buyer_rows]
         observed = np.where(np.isfinite(observed), observed, current)
         s.expected_price_usd_per_kg[m.buyer_rows] = market.smooth(
@@ -632,11 +683,19 @@ class RareEarthModel(mesa.Model):
         w, s, cfg = self.world, self.world.stocks, self.config.market
         out = np.flatnonzero(s.role == OUTPUT)
         floor = (1.0 - cfg.loss_tolerance) * self._cost_floor(out)
+        floor = self.policy.subsidised_ask_floor(out, floor)
+        # asks stay positive: a seller with no cost floor (zero cost, or a loss tolerance of 1)
+        # would otherwise decay to zero and, multiplicatively, stay there
+        floor = np.maximum(floor, 1e-9 * w.reference_price[s.product[out]])
         ask = market.adjust_asks(
             s.ask_usd_per_kg[out], s.orders_t[out], s.available_t[out], cfg.price_adjustment, floor
         )
         if cfg.price_noise > 0:
-            ask = np.maximum(ask * np.exp(self.rng.normal(0.0, cfg.price_noise, len(out))), floor)
+            # producers' rows only, drawn in row order: a reserve's row (appended last) takes no
+            # draw, so runs with and without a reserve share their random numbers (paired runs)
+            noisy = s.owner_kind[out] != RESERVE
+            draws = self.price_rng.normal(0.0, cfg.price_noise, int(noisy.sum()))
+            ask[noisy] = np.maximum(ask[noisy] * np.exp(draws), floor[noisy])
         s.ask_usd_per_kg[out] = ask
         s.export_ask_usd_per_kg[out] = market.adjust_export_asks(
             s.export_ask_usd_per_kg[out],
@@ -653,17 +712,17 @@ class RareEarthModel(mesa.Model):
         )
         # market-wide expected prices: volume-weighted transaction prices, smoothed
         e = w.edges
-        n_prod = len(w.products)
-        volume = np.bincount(e.product, e.flow_t, minlength=n_prod)
-        value = np.bincount(e.product, e.flow_t * self.edge_ask, minlength=n_prod)
+        flow, sales = e.flow_t, e.flow_t * self.edge_ask  # per edge
+        volume = np.array([flow[m.edges].sum() for m in self._markets])  # per product
+        value = np.array([sales[m.edges].sum() for m in self._markets])  # per product
         traded = volume > 0
         observed = np.where(traded, value / np.maximum(volume, 1e-300), self.expected_market_price)
         self.expected_market_price = market.smooth(
             self.expected_market_price, observed, cfg.expectation_smoothing
         )
-        abroad = w.stocks.country[e.buyer] != w.china  # per edge
-        volume = np.bincount(e.product[abroad], e.flow_t[abroad], minlength=n_prod)
-        value = np.bincount(e.product[abroad], (e.flow_t * self.edge_ask)[abroad], minlength=n_prod)
+        # to buyers abroad (products, not BLAS dot products: those spawn threads)
+        volume = np.array([(flow[m.edges] * m.abroad).sum() for m in self._markets])
+        value = np.array([(sales[m.edges] * m.abroad).sum() for m in self._markets])
         observed = np.where(
             volume > 0, value / np.maximum(volume, 1e-300), self.expected_price_abroad
         )
@@ -683,13 +742,13 @@ class RareEarthModel(mesa.Model):
         """Concentrate price per US$ of contained oxide value, from this tick's trades."""
         w, e, s = self.world, self.world.edges, self.world.stocks
         n_e = len(w.layout.elements)
-        sl = w.edges.market_slices[0]
+        m = self._markets[0]
+        sl = m.edges
         flow = e.flow_t[sl]
         if flow.sum() <= 0:
             return
-        basket = (
-            s.attrs[e.seller[sl]][:, w.layout.composition] @ self.expected_market_price[1 : 1 + n_e]
-        )
+        ores = s.attrs[m.seller_rows, w.layout.composition]  # per local seller × element
+        basket = (ores @ self.expected_market_price[1 : 1 + n_e])[m.seller_local]  # per edge
         ratio = (flow * self.edge_ask[sl]).sum() / max((flow * basket).sum(), 1e-300)
         self.concentrate_price_per_basket_value = float(
             market.smooth(
@@ -740,6 +799,7 @@ class RareEarthModel(mesa.Model):
 
     def _settle(self) -> None:
         """Post the tick's payments and costs to producers', buyers' and the world's accounts."""
+        Producer.pay_fixed_costs(self)
         p, b = self.world.producers, self.world.buyers
         n_p, n_b = len(p.names), len(b.names)
         self.tick_profit = self.tick_in[:n_p] - self.tick_out[:n_p] - self.tick_opex
@@ -753,6 +813,11 @@ class RareEarthModel(mesa.Model):
         for bloc, code in zip(BLOCS, range(len(BLOCS)), strict=True):
             short = metrics.shortage(self, code)
             self.last_shortage[bloc] = short if np.isfinite(short) else 0.0
+        if self.reserve.rows is not None and self.config.policies.reserve is not None:
+            owner = BLOCS.index(self.bloc_of_party(self.config.policies.reserve.owner))
+            product = int(self.world.stocks.product[self.reserve.rows[0]])
+            short = metrics.shortage(self, owner, product)
+            self.last_reserve_shortage = short if np.isfinite(short) else 0.0
         for name, amount in self.tick_fiscal.items():
             self.accounts[name] += amount
         cap = np.maximum(self.effective_capacity, 1e-300)

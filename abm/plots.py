@@ -2,8 +2,9 @@
 
 Run figures: :func:`summary_figure` (the one-page dashboard, written to every run folder as
 ``summary.png``), :func:`prices_figure`, :func:`dependency_figure`, :func:`capacity_figure`,
-:func:`fan_chart` (replicates). Trade flows — the map and the provenance alluvial — are in
-:mod:`abm.flow_plots`.
+:func:`fan_chart` (replicates), :func:`comparison_figure` (scenarios side by side). Sweep
+figures: :func:`sweep_heatmap`, :func:`sweep_fan_chart`, :func:`sensitivity_bars`. Trade
+flows — the map and the provenance alluvial — are in :mod:`abm.flow_plots`.
 
 Colours are fixed per bloc across every figure (:data:`BLOC_COLOURS`), prices per tier
 (:data:`TIER_STYLES`); the x axis of a run is its calendar date (one tick = one month).
@@ -252,6 +253,49 @@ def capacity_figure(result: Result) -> Figure:
     return fig
 
 
+COMPARISON_PANELS = {  # metric template: (title, unit, scale)
+    "price_alliance_landed_{product}": ("Alliance landed price of {label}", "US$/kg", 1.0),
+    "dependency_processed_cn_alliance": (
+        "Alliance consumption processed in China",
+        "% of consumption (value)",
+        100.0,
+    ),
+    "capacity_separation_alliance": ("Alliance separation capacity", "kt REO/yr", 0.001),
+    "shortage_alliance": ("Alliance shortage", "% of need (value)", 100.0),
+}
+
+
+def comparison_figure(results: Sequence[Result], product: str | None = None) -> Figure:
+    """Scenarios side by side: alliance price, dependency, capacity and shortage over time.
+
+    Args:
+        results: one run per scenario (their names label the lines).
+        product: the product whose alliance landed price is shown (default: NdPr oxide).
+
+    """
+    if not results:
+        raise ValueError("comparison needs at least one run")
+    product = product or key_product(results[0])
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    colours = [f"C{i}" for i in range(10)]
+    for ax, (template, (title, unit, scale)) in zip(
+        fig.subplots(2, 2).flat, COMPARISON_PANELS.items(), strict=True
+    ):
+        column = template.format(product=_tag(product))
+        for i, result in enumerate(results):
+            m = result.metrics
+            if column in m:
+                style = "--" if result.scenario.name == "baseline" else "-"
+                ax.plot(dates(m), scale * m[column], style, color=colours[i % 10], lw=1.4,
+                        label=result.scenario.name)  # fmt: skip
+        ax.set(title=title.format(label=_label(product)), ylabel=unit)
+        ax.set_ylim(bottom=0)
+        _date_axis(ax)
+    fig.axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Policy scenarios side by side (one seed each)")
+    return fig
+
+
 def replicate_table(runs: Sequence[Result] | pd.DataFrame, metric: str) -> pd.DataFrame:
     """One metric over replicates: a frame indexed by date, one column per replicate.
 
@@ -376,10 +420,12 @@ def sweep_heatmap(
             fontsize=8,
         )
         for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
-            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+            light = np.isfinite(value) and image.norm(value) > 0.6  # dark text on light cells
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8,
+                    color="black" if light else "white")  # fmt: skip
         ax.set(xlabel=x, ylabel=y, title=f"{outcome} ({stat})")
         ax.title.set_fontsize(9)
-        fig.colorbar(image, ax=ax, shrink=0.85)
+        fig.colorbar(image, ax=ax, shrink=0.85, label=f"{stat} over replicates")
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from abm.scenario import Event, Scenario, _set_path, build_scenario
-from abm.world import BLOCS, MINE, PROCESSOR, month_index
+from abm.world import BLOCS, MINE, PROCESSOR, RESERVE, month_index
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -282,7 +282,7 @@ class PolicyState:
         granted = np.ones(len(group), dtype=bool)
         if controlled.any():
             p = self.approval[group[controlled] // len(self.model.world.products)]
-            draws = self.model.rng.random(int(controlled.sum()))
+            draws = self.model.licence_rng.random(int(controlled.sum()))
             granted[controlled] = draws < p
         return granted
 
@@ -305,7 +305,11 @@ class PolicyState:
         exports = (s.country[e.seller[sl]] == self.model.world.china) & (
             s.country[e.buyer[sl]] != self.model.world.china
         )
-        return np.where(exports, np.minimum(ask, cfg.export_price_fraction * cost_floor), ask)
+        covered = np.zeros(len(ask), dtype=bool)
+        for product in cfg.products:
+            covered |= product_mask(product, e.product[sl], self.model)
+        cut = np.minimum(ask, cfg.export_price_fraction * cost_floor)
+        return np.where(exports & covered, cut, ask)
 
     def _border_floors(self, product: int) -> list[float]:
         """Levels of the border-adjusted floors on a product (US$/kg)."""
@@ -374,6 +378,26 @@ class PolicyState:
             net += flow / KG_PER_T * (gap - upside)
         subsidy = float(np.clip(net, 0, None).sum())
         return net, subsidy, float(np.clip(-net, 0, None).sum())
+
+    def subsidised_ask_floor(self, rows: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        """Per output row: the lowest ask worth taking, given price-gap floors (§7.2, §8).
+
+        A compliant producer covered by a price-gap subsidy at F receives max(ask, F) per kg, so
+        where F covers its unit cost any ask is worth taking: its floor drops to zero and it
+        can undercut to sell its output (the subsidy pays the gap).
+        """
+        model = self.model
+        w, s = model.world, model.world.stocks
+        levels = np.zeros(len(w.products))
+        for rule in model.config.policies.price_floors:
+            if rule.mechanism == "price_gap_subsidy":
+                p = w.products.index(rule.product)
+                levels[p] = max(levels[p], rule.level_usd_per_kg)
+        if not levels.any():
+            return floor
+        level = levels[s.product[rows]]  # per row
+        covered = (level > 0) & (s.owner_kind[rows] != RESERVE) & model.compliant_rows(rows)
+        return np.where(covered & (level >= floor), 0.0, floor)
 
     def guaranteed_prices(self) -> np.ndarray:
         """Per product: the floor a compliant producer can count on when investing (0: none).

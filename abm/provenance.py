@@ -12,6 +12,14 @@ from scipy import sparse
 from abm.world import Layout
 
 
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """First position of each run of equal keys (in a sorted array, of each distinct key)."""
+    new = np.empty(len(keys), dtype=bool)
+    new[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    return np.flatnonzero(new)
+
+
 def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``values`` (per lot, any trailing shape) over equal ``keys``: (unique keys, sums).
 
@@ -23,11 +31,11 @@ def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return keys, values
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    starts = run_starts(ordered)
     if values.ndim == 1:
         return ordered[starts], np.add.reduceat(values[order], starts)
     members = sparse.csr_array(
-        (np.ones(len(keys)), order, np.r_[starts, len(keys)]), shape=(len(starts), len(keys))
+        (np.ones(len(keys)), order, np.append(starts, len(keys))), shape=(len(starts), len(keys))
     )  # per group × lot: 1 where the lot belongs to the group
     return ordered[starts], (members @ values.reshape(len(keys), -1)).reshape(
         len(starts), *values.shape[1:]
@@ -56,9 +64,9 @@ def lot_inflows(
     if len(dest) and not bool(np.all(dest[1:] >= dest[:-1])):
         order = np.argsort(dest, kind="stable")
         dest, source, qty = dest[order], source[order], qty[order]
-    starts = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]]) if len(dest) else dest[:0]
+    starts = run_starts(dest)  # per destination row: its first lot
     weights = sparse.csr_array(
-        (qty, source, np.r_[starts, len(dest)]), shape=(len(starts), len(attrs))
+        (qty, source, np.append(starts, len(dest))), shape=(len(starts), len(attrs))
     )  # per destination row × source row: tonnes
     inflow = np.add.reduceat(qty, starts) if len(dest) else qty[:0]
     return dest[starts], inflow, weights @ attrs
@@ -86,10 +94,21 @@ def mix_into(
     target, inflow = sum_by(rows, add_qty)  # per receiving row
     _, inflow_attr = sum_by(rows, add_attr_mass)  # per receiving row × attribute
     received = inflow > 0
-    target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
-    new_qty = qty[target] + inflow
-    attrs[target] = (qty[target, None] * attrs[target] + inflow_attr) / new_qty[:, None]
-    qty[target] = new_qty
+    if not received.all():
+        target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
+    if len(target) == 0:
+        return
+    # receiving rows that form one block (a market's buyers usually do) are updated in place
+    block = target[-1] - target[0] == len(target) - 1
+    where = slice(target[0], target[-1] + 1) if block else target
+    new_qty = qty[where] + inflow
+    lots = attrs[where]  # per receiving row × attribute: a view of a block, else a copy
+    lots *= qty[where, None]
+    lots += inflow_attr
+    lots /= new_qty[:, None]
+    if not block:
+        attrs[where] = lots
+    qty[where] = new_qty
 
 
 def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int) -> np.ndarray:

@@ -236,7 +236,7 @@ def manifest(
         "ended": datetime.now(UTC).isoformat(),
         "git": git_state(),
         "environment": environment(),
-        "config": scenario.model_dump(mode="json"),
+        "config": scenario.model_dump(mode="json", by_alias=True),
         **extra,
     }
 
@@ -250,7 +250,7 @@ def write_run(result: Result, out_dir: Path, started: datetime) -> Path:
     tmp.mkdir()
     try:
         (tmp / "config.yaml").write_text(
-            yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False)
+            yaml.safe_dump(result.scenario.model_dump(mode="json", by_alias=True), sort_keys=False)
         )
         result.metrics.to_parquet(tmp / "metrics.parquet")
         result.flows.to_parquet(tmp / "flows.parquet", index=False)
@@ -310,7 +310,7 @@ def write_failed_run(
     tmp.mkdir()
     try:
         (tmp / "config.yaml").write_text(
-            yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+            yaml.safe_dump(scenario.model_dump(mode="json", by_alias=True), sort_keys=False)
         )
         if metrics is not None and len(metrics):
             metrics.to_parquet(tmp / "metrics.partial.parquet")

@@ -35,7 +35,7 @@ MAX_FILE_BYTES = 5_000_000
 MAX_VALUES = 5_000_000
 MAX_MAGNITUDE = 1e12  # no scenario number is larger; bigger ones overflow products of them
 DATE = r"^\d{4}-(0[1-9]|1[0-2])$"  # YYYY-MM
-NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # scenario names: safe as part of a folder name
+NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"  # safe as (part of) a folder name
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader if built
 _SHOWN = reprlib.Repr(maxstring=60, maxother=60, maxlist=4, maxdict=4, maxlevel=2)
 
@@ -231,8 +231,11 @@ class Investment(_Strict):
     expansion_lead_time_years: float = Field(2.0, ge=0, le=20)
     expansion_capex_usd_per_t_per_yr: float = Field(20_000.0, ge=0)
     utilisation_to_expand: float = Field(0.85, ge=0, le=1)
+    fixed_cost_share: float = Field(
+        0.0, ge=0, lt=1, description="share of unit cost fixed (paid monthly at capacity)"
+    )
     price_memory_years: float = Field(
-        2.0, gt=0, le=50, description="years of prices investors average (exponential)"
+        1.0, gt=0, le=50, description="years of prices investors average (exponential)"
     )
     loss_months_to_idle: int = Field(6, ge=1)
     idle_months_to_close: int = Field(36, ge=1)
@@ -329,7 +332,12 @@ class Reserve(_Strict):
     release_trigger_usd_per_kg: float = Field(gt=0)
     max_buy_share_per_month: float = Field(0.2, gt=0, le=1, description="of target stock")
     max_release_share_per_month: float = Field(0.5, gt=0, le=1, description="of target stock")
-    release_shortage_threshold: float = Field(0.05, ge=0, le=1)
+    release_shortage_threshold: float = Field(
+        0.05, ge=0, le=1, description="owner bloc's shortage of the reserve's product"
+    )
+    initial_stock_t: float = Field(
+        0.0, ge=0, description="compliant stock bought before the start, at the buy trigger"
+    )
 
 
 class ChinaPricing(_Strict):
@@ -339,6 +347,9 @@ class ChinaPricing(_Strict):
     trigger_non_cn_share: float = Field(0.15, ge=0, le=1, description="of world separation")
     export_price_fraction: float = Field(0.8, gt=0, le=2, description="of unit cost")
     budget_usd_million: float = Field(5_000.0, ge=0)
+    products: list[str] = Field(
+        default_factory=lambda: ["any"], description="products priced strategically abroad"
+    )
 
 
 class Policies(_Strict):
@@ -447,47 +458,73 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_size(data: Any, key: str, value: Any, max_depth: int = 64) -> None:
-    """Refuse data that expands to too many values (YAML alias bombs) or nests too deep.
+def _check_size(
+    data: Any, key: str, value: Any, source: str | None = None, max_depth: int = 64
+) -> None:
+    """Refuse data that expands to too many values, nests too deep, or contains itself.
 
-    Runs before anything recursive (merging, copying, validation) touches the data.
+    YAML aliases can make a small file expand enormously (an alias bomb) or refer to itself.
+    Runs before anything recursive (merging, copying, validation) touches the data. Sizes
+    and heights are memoised per container, so aliases are counted expanded without being
+    expanded: the cost is linear in the number of distinct containers.
     """
-    stack, count = [(data, 0)], 0
+
+    def fail(problem: str) -> ScenarioError:
+        return ScenarioError(key, value, problem, source)
+
+    size: dict[int, int] = {}  # per container id: values in it, expanded, itself included
+    height: dict[int, int] = {}  # per container id: levels of nesting below it
+    open_: set[int] = set()  # containers whose children are still being counted
+    stack: list[tuple[Any, bool]] = [(data, False)]
     while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise ScenarioError(
-                key, value, f"expands to more than {MAX_VALUES} values (YAML aliases?)"
-            )
-        if depth > max_depth:
-            raise ScenarioError(key, value, f"nested more than {max_depth} levels deep")
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for item in node.items() for child in item)
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node)
+        node, children_done = stack.pop()
+        if not isinstance(node, dict | list) or (id(node) in size and not children_done):
+            continue
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        nested = [c for c in children if isinstance(c, dict | list)]
+        if not children_done:
+            if id(node) in open_:
+                raise fail("contains itself (a recursive YAML alias)")
+            open_.add(id(node))
+            stack.append((node, True))
+            for child in nested:
+                if id(child) in open_:
+                    raise fail("contains itself (a recursive YAML alias)")
+                stack.append((child, False))
+            continue
+        open_.discard(id(node))
+        size[id(node)] = 1 + len(children) - len(nested) + sum(size[id(c)] for c in nested)
+        height[id(node)] = 1 + max((height[id(c)] for c in nested), default=0)
+        if size[id(node)] > MAX_VALUES:
+            raise fail(f"expands to more than {MAX_VALUES} values (YAML aliases?)")
+        if height[id(node)] > max_depth:
+            raise fail(f"nested more than {max_depth} levels deep")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML file that holds a mapping; one-line ScenarioErrors naming the file."""
+
+    def error(problem: str) -> ScenarioError:
+        return ScenarioError("file", path.name, problem, str(path))
+
     if path.is_dir():
-        raise ScenarioError("file", str(path), "is a folder, not a scenario file")
+        raise error("is a folder, not a scenario file")
     if not path.is_file():
-        raise ScenarioError("file", str(path), "no such scenario file")
+        raise error("no such scenario file")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise ScenarioError("file", str(path), f"larger than {MAX_FILE_BYTES} bytes")
+        raise error(f"larger than {MAX_FILE_BYTES} bytes")
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
-        problem = " ".join(str(err).split())
-        raise ScenarioError("file", str(path), f"not valid YAML ({problem})") from None
+        raise error(f"not valid YAML ({' '.join(str(err).split())})") from None
     except OSError as err:
-        raise ScenarioError("file", str(path), f"cannot be read ({err.strerror})") from None
+        raise error(f"cannot be read ({err.strerror})") from None
     if data is None:
-        raise ScenarioError("file", str(path), "is empty")
+        raise error("is empty")
     if not isinstance(data, dict):
-        raise ScenarioError("file", str(path), "must be a YAML mapping of keys to values")
-    _check_size(data, "file", str(path))
+        raise error("must be a YAML mapping of keys to values")
+    _check_size(data, "file", path.name, str(path))
     return data
 
 
@@ -504,7 +541,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
-        raise ScenarioError("extends", str(path), "circular extends chain")
+        raise ScenarioError("extends", path.name, "circular extends chain", str(path))
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
@@ -530,8 +567,10 @@ def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
         base = defaults.pop(kind, None)
         if base is None:
             continue
+        if not isinstance(base, dict):
+            raise ScenarioError(f"defaults.{kind}", base, "must be a mapping")
         entries = data.get(section)
-        if isinstance(base, dict) and isinstance(entries, list):
+        if isinstance(entries, list):
             data[section] = [_deep_merge(base, e) if isinstance(e, dict) else e for e in entries]
     if defaults:
         key = next(iter(defaults))
@@ -590,9 +629,16 @@ def _list_index(items: list[Any], part: str, where: str) -> int:
     raise ScenarioError(where, part, "no list item with this name")
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING = _Missing()
 _PATTERN_PROBLEMS = {
     DATE: "expected a date YYYY-MM",
-    NAME: "use 1-64 letters, digits, '_', '.' or '-' (it names the run folder)",
+    NAME: "use 1-64 letters, digits, '_', '.' or '-', not starting with '.' (it names the run "
+    "folder)",
 }
 
 
@@ -605,7 +651,10 @@ def _validation_error(err: ValidationError, source: str | None) -> ScenarioError
     elif first["type"] == "string_pattern_mismatch":
         problem = _PATTERN_PROBLEMS.get(first["ctx"]["pattern"], problem)
     problem = problem.removeprefix("Value error, ")
-    return ScenarioError(key, first.get("input"), problem, source)
+    value = first.get("input")
+    if first["type"] == "missing":  # pydantic gives the enclosing mapping as the input
+        value, problem = _MISSING, "required key is missing"
+    return ScenarioError(key, value, problem, source)
 
 
 def build_scenario(
@@ -625,16 +674,14 @@ def build_scenario(
     """
     if not isinstance(data, dict):
         raise ScenarioError("scenario", data, "must be a mapping of keys to values", source)
-    _check_size(data, "scenario", source or "(mapping)")
-    data = _apply_defaults(copy.deepcopy(data))
+    _check_size(data, "scenario", "(mapping)", source)
     try:
+        data = _apply_defaults(copy.deepcopy(data))
         scenario = Scenario.model_validate(data)
+        _check_cross_fields(scenario, standing)
     except ValidationError as err:
         raise _validation_error(err, source) from None
-    try:
-        _check_cross_fields(scenario, standing)
     except ScenarioError as err:
-        err.source = source
         raise ScenarioError(err.key, err.value, err.problem, source) from None
     return scenario
 
@@ -727,6 +774,7 @@ def _check_cross_fields(s: Scenario, standing: bool = True) -> None:
             raise ScenarioError("initial_prices_usd_per_kg", product, "missing a price")
     if s.magnet is not None:
         _check_elements(s, s.magnet.recipe_t_per_t, "magnet.recipe_t_per_t", partial=True)
+        _check_recipe(s.magnet.recipe_t_per_t)
     names: set[str] = set()
     for section in ("mines", "processors", "buyers", "projects"):
         for i, entry in enumerate(getattr(s, section)):
@@ -741,6 +789,19 @@ def _check_cross_fields(s: Scenario, standing: bool = True) -> None:
     _check_suppliers(s, standing)
     _check_policies(s)
     _check_events(s)
+
+
+def _check_recipe(recipe: dict[str, float]) -> None:
+    """A magnet recipe: oxide inputs per tonne of magnet, some positive, at most 1 t in all."""
+    for element, coefficient in recipe.items():
+        if coefficient < 0:
+            raise ScenarioError(f"magnet.recipe_t_per_t.{element}", coefficient, "must be >= 0")
+    if not any(coefficient > 0 for coefficient in recipe.values()):
+        raise ScenarioError("magnet.recipe_t_per_t", recipe, "needs an oxide input above 0")
+    if sum(recipe.values()) > 1:
+        raise ScenarioError(
+            "magnet.recipe_t_per_t", recipe, "more than 1 t of oxide per t of magnet"
+        )
 
 
 def _check_party(s: Scenario, party: str, where: str) -> None:
@@ -764,10 +825,21 @@ def _check_policies(s: Scenario) -> None:
     for i, c in enumerate(pol.export_controls):
         _check_product(s, c.product, f"policies.export_controls.{i}.product")
         _check_party(s, c.destination, f"policies.export_controls.{i}.destination")
+    held = pol.reserve.product if pol.reserve is not None else None
     for i, f in enumerate(pol.price_floors):
         _check_product(s, f.product, f"policies.price_floors.{i}.product")
         if f.product == "any":
             raise ScenarioError(f"policies.price_floors.{i}.product", "any", "name one product")
+        if f.mechanism == "offtake":
+            held = held or f.product
+            if f.product != held:
+                raise ScenarioError(
+                    f"policies.price_floors.{i}.product",
+                    f.product,
+                    f"an offtake floor buys into the strategic reserve, which holds {held}",
+                )
+    for i, product in enumerate(pol.china_pricing.products):
+        _check_product(s, product, f"policies.china_pricing.products.{i}")
     if pol.reserve is not None:
         _check_party(s, pol.reserve.owner, "policies.reserve.owner")
         _check_product(s, pol.reserve.product, "policies.reserve.product")
@@ -830,9 +902,29 @@ def _check_events(s: Scenario) -> None:
                 except ScenarioError as err:
                     raise ScenarioError(f"{where}.set.{path}", value, err.problem) from None
             try:
-                build_scenario(data, standing=False)
+                changed = build_scenario(data, standing=False)
             except ScenarioError as err:
                 raise ScenarioError(f"{where}.set.{err.key}", err.value, err.problem) from None
+            held, needed = reserve_product(s), reserve_product(changed)
+            if needed is not None and needed != held:
+                raise ScenarioError(
+                    f"{where}.set",
+                    event.set,
+                    f"a reserve or offtake floor for {needed} must be in the scenario from the "
+                    f"start (its stock holds {held or 'nothing'})",
+                )
+
+
+def reserve_product(s: Scenario) -> str | None:
+    """The product the strategic reserve's stock holds: the reserve's, else an offtake floor's.
+
+    The reserve's stock rows are built once, with the world, from the scenario's standing
+    policies; offtake floors buy into the same stock.
+    """
+    if s.policies.reserve is not None:
+        return s.policies.reserve.product
+    offtake = [f.product for f in s.policies.price_floors if f.mechanism == "offtake"]
+    return offtake[0] if offtake else None
 
 
 def _months(date: str) -> int:
@@ -937,12 +1029,21 @@ def _check_suppliers(s: Scenario, standing: bool = True) -> None:
     def reaches(product: str, sellers: list[Any], country: str) -> bool:
         return any(not blocked(product, seller, country) for seller in sellers)
 
+    open_to: dict[str, list[Any]] = {}  # country -> mines without a sells_to list, by country
+    captive: dict[str, list[Any]] = {}  # plant name -> mines whose sells_to lists it
+    for m in mines:
+        for name in m.sells_to:
+            captive.setdefault(name, []).append(m)
+
     def concentrate_sellers(plant: Any) -> list[Any]:
-        return [
-            m
-            for m in mines
-            if (not m.sells_to or plant.name in m.sells_to)
-            and not blocked("concentrate", m, plant.country)
+        # per country, not per plant: a world of thousands of plants and mines stays linear
+        if plant.country not in open_to:
+            open_to[plant.country] = [
+                m for m in mines if not m.sells_to and not blocked("concentrate", m, plant.country)
+            ]
+        listed = captive.get(plant.name, [])
+        return [m for m in listed if not blocked("concentrate", m, plant.country)] + open_to[
+            plant.country
         ]
 
     oxides: dict[str, list[Any]] = {}  # oxide -> separation plants that can make it

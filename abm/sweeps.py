@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -340,18 +342,30 @@ def _executor(
             slots = sum(client.nthreads().values()) or 1
             yield lambda job, batches: _on_dask(client, 2 * slots, job, batches)
         return
-    with (
-        LocalCluster(
+    with _ignoring_ctrl_c():  # the workers inherit it: Ctrl-C reaches only this process
+        cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
             silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         yield lambda job, batches: _on_dask(client, 2 * workers, job, batches)
+
+
+@contextmanager
+def _ignoring_ctrl_c() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are started, so they do not inherit Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ------------------------------------------------------------------ the sweep
@@ -398,11 +412,12 @@ def sweep(
     if workers < 0:
         raise ScenarioError("--workers", workers, "must be 0 (no Dask) or more")
     out = Path(out)
-    path = None
+    folder = None
     if resume:
         path = _resumable(out, plan.spec.name) if resume is True else Path(resume)
+        folder = _Folder.reopen(path, plan)
     with _executor(workers, address) as execute:
-        folder = _Folder.reopen(path, plan) if path else _Folder.create(out, plan)
+        folder = folder or _Folder.create(out, plan)
         return _run(folder, execute, workers, address, batch_size, progress, analyze, on_result)
 
 
@@ -496,6 +511,9 @@ def _run(
     except KeyboardInterrupt:
         close("interrupted")
         raise SweepInterrupted(folder.path, len(folder.finished()), len(plan.runs)) from None
+    except Exception:  # the parent itself failed: keep what finished, resumable
+        close("interrupted")
+        raise
     folder.flush()
     complete = not lost and len(folder.finished()) == len(plan.runs)
     close("complete" if complete else "incomplete")

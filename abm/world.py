@@ -510,23 +510,30 @@ def _transport_tables(s: Scenario, layout: Layout) -> tuple[np.ndarray, np.ndarr
     return cost, lead
 
 
+def captive_pairs(s: Scenario, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Captive supply links from ``sells_to``: (mine, plant) producer indices, one per link."""
+    index = {name: i for i, name in enumerate(names)}
+    pairs = [
+        (index[entry.name], index[plant])
+        for entry in [*s.mines, *s.projects]
+        for plant in getattr(entry, "sells_to", [])
+    ]
+    mines, plants = zip(*pairs, strict=True) if pairs else ((), ())
+    return np.array(mines, dtype=np.int64), np.array(plants, dtype=np.int64)
+
+
 def _captive_supply_allows(
     s: Scenario, producers: Producers, stocks: Stocks, seller: np.ndarray, buyer: np.ndarray
 ) -> np.ndarray:
     """Per concentrate edge: allowed by the seller's ``sells_to`` list (empty: any buyer)."""
-    index = {name: i for i, name in enumerate(producers.names)}
+    mines, plants = captive_pairs(s, producers.names)
+    if len(mines) == 0:
+        return np.ones(len(seller), dtype=bool)
     n = len(producers.names)
     captive = np.zeros(n, dtype=bool)  # per producer: sells only to listed plants
-    pairs = []  # seller producer * n + buyer producer
-    for entry in [*s.mines, *s.projects]:
-        if getattr(entry, "sells_to", None):
-            i = index[entry.name]
-            captive[i] = True
-            pairs += [i * n + index[name] for name in entry.sells_to]
-    if not captive.any():
-        return np.ones(len(seller), dtype=bool)
+    captive[mines] = True
     seller_owner = stocks.owner[seller]  # per edge: both are producers in this market
-    listed = np.isin(seller_owner * n + stocks.owner[buyer], np.array(pairs, dtype=np.int64))
+    listed = np.isin(seller_owner * n + stocks.owner[buyer], mines * n + plants)
     return ~captive[seller_owner] | listed
 
 

@@ -1,0 +1,288 @@
+"""Run the performance suite of issue #4: ``python -m benchmarks`` (or ``make bench``).
+
+Every figure comes from one run on one machine, so the ratios between them are trustworthy:
+
+1. the baseline, 240 ticks (import, set-up, simulation with and without data collection);
+2. synthetic worlds of 1,000 / 10,000 / 100,000 buyers (ticks per second, ns per edge per
+   tick, peak memory, and the fitted exponent of cost against size);
+3. the vectorised clearing against the per-agent reference at 1,000 and 10,000 buyers;
+4. sweep throughput on the baseline with 1 and 2 Dask workers, and ``mesa.batch_run`` on the
+   same grid (``benchmarks/sweeps.py``).
+
+Cases 1–3 each run in a fresh process (``benchmarks/cases.py``). The results are printed as
+tables with each target of the issue marked met or not, and written as JSON (default
+``benchmarks/results/latest.json``) with the machine, the load average and the git commit.
+
+Options: ``--quick`` (1,000 and 10,000 buyers only, no sweeps: a minute or two), ``--only``
+(comma-separated sections: baseline, scaling, clearing, sweep), ``--out PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = (1_000, 10_000, 100_000)
+CLEARING_SIZES = (1_000, 10_000)
+SECTIONS = ("baseline", "scaling", "clearing", "sweep")
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
+
+
+def _case(*args: object) -> dict[str, Any]:
+    """Run one case in a fresh interpreter and return its JSON record."""
+    command = [sys.executable, "-m", "benchmarks.cases", *map(str, args)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"case": args[0], "error": tail[0]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fitted_exponent(sizes: list[float], seconds: list[float]) -> float:
+    """Slope of log(seconds) against log(size): cost grows as size to this power."""
+    slope, _ = np.polyfit(np.log(sizes), np.log(seconds), 1)
+    return float(slope)
+
+
+def _git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        **_git_commit(),
+    }
+
+
+def _target(name: str, figure: float | None, limit: float, at_least: bool, unit: str) -> dict:
+    met = None if figure is None else (figure >= limit if at_least else figure <= limit)
+    return {
+        "target": name,
+        "figure": figure,
+        "limit": limit,
+        "unit": unit,
+        "comparison": ">=" if at_least else "<=",
+        "met": met,
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured figure, met or not (None: not measured)."""
+    out = []
+    base = results.get("baseline", {})
+    if "sim_s" in base:
+        out.append(_target("baseline 240 ticks: simulation", base["sim_s"], 1.0, False, "s"))
+        overhead = base["sim_s"] / base["sim_no_collect_s"] - 1
+        out.append(_target("baseline: data collection adds", 100 * overhead, 20, False, "%"))
+    scaling = {r["n_buyers"]: r for r in results.get("scaling", []) if "ticks_per_s" in r}
+    for size, limit in ((10_000, 25.0), (100_000, 3.0)):
+        figure = scaling[size]["ticks_per_s"] if size in scaling else None
+        out.append(_target(f"{size:,} buyers", figure, limit, True, "ticks/s"))
+    if "exponent" in results:
+        out.append(_target("cost exponent", results["exponent"], 1.1, False, ""))
+    for record in results.get("clearing", []):
+        if record.get("n_buyers") == 10_000 and "speedup" in record:
+            out.append(
+                _target("clearing vs reference, 10,000 buyers", record["speedup"], 50, True, "x")
+            )
+            out.append(
+                _target(
+                    "clearing agrees with reference", record["max_abs_diff_t"], 1e-9, False, "t"
+                )
+            )
+    sweep = results.get("sweep", {})
+    if "dask_speedup" in sweep:
+        out.append(_target("2 workers vs 1 worker", sweep["dask_speedup"], 1.7, True, "x"))
+    return out
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+
+    return "\n".join(
+        [f"\n{title}", line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    )
+
+
+def _baseline_table(base: dict[str, Any]) -> str:
+    overhead = 100 * (base["sim_s"] / base["sim_no_collect_s"] - 1)
+    header = ["import s", "set-up s", "of it warm-up s", "sim s", "sim CPU s"]
+    header += ["sim w/o collection s", "collection %", "peak MiB"]
+    row = [base["import_s"], base["scenario_s"] + base["setup_s"], base["warmup_s"]]
+    row += [base["sim_s"], base["sim_cpu_s"], base["sim_no_collect_s"]]
+    cells = [f"{x:.3f}" for x in row] + [f"{overhead:.1f}", f"{base['peak_rss_mib']:.0f}"]
+    title = f"1. Baseline scenario, {base['ticks']} ticks (best of {base['repeats']})"
+    return _table(title, header, [cells])
+
+
+def _scaling_table(scaling: list[dict[str, Any]], exponent: float | None) -> str:
+    header = ["buyers", "edges", "set-up s", "of it warm-up s", "tick s", "tick CPU s"]
+    header += ["ticks/s", "ns/edge/tick", "peak MiB"]
+    rows = [
+        [
+            f"{r['n_buyers']:,}",
+            f"{r['edges']:,}",
+            f"{r['validate_s'] + r['setup_s']:.1f}",
+            f"{r['warmup_s']:.1f}",
+            f"{r['tick_s']:.4f}",
+            f"{r['tick_cpu_s']:.4f}",
+            f"{r['ticks_per_s']:.1f}",
+            f"{r['ns_per_edge_tick']:.0f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ]
+        for r in scaling
+    ]
+    title = (
+        f"2. Synthetic worlds ({scaling[0]['countries']} countries, 20 suppliers per buying "
+        f"stock; set-up = validation + model incl. {scaling[0]['warmup_ticks']}-tick warm-up)"
+    )
+    fit = "" if exponent is None else f"\nfitted exponent of tick time against size: {exponent:.2f}"
+    return _table(title, header, rows) + fit
+
+
+def _clearing_table(clearing: list[dict[str, Any]]) -> str:
+    header = ["buyers", "edges", "vectorised ms", "reference ms", "ratio", "max |diff| t"]
+    header += ["agree to 1e-9"]
+    rows = [
+        [
+            f"{r['buyers']:,}",
+            f"{r['edges']:,}",
+            f"{1e3 * r['vectorised_s']:.2f}",
+            f"{1e3 * r['reference_s']:.0f}",
+            f"{r['speedup']:.0f}",
+            f"{r['max_abs_diff_t']:.1e}",
+            str(r["agree_1e9"]),
+        ]
+        for r in clearing
+    ]
+    title = "3. Clearing the end users' market: vectorised vs per-agent reference (tests/oracle)"
+    return _table(title, header, rows)
+
+
+def _sweep_table(sweep: dict[str, Any]) -> str:
+    if "runs" not in sweep:
+        return f"\n4. Sweep throughput: not measured ({sweep.get('error', 'skipped')})"
+    rows = [
+        [e["engine"], str(e["workers"]), f"{e['wall_s']:.1f}", f"{e['runs_per_min']:.1f}"]
+        for e in sweep["engines"]
+    ]
+    title = f"4. Sweep throughput: baseline grid of {sweep['runs']} runs x {sweep['ticks']} ticks"
+    return _table(title, ["engine", "workers", "wall s", "runs/min"], rows)
+
+
+def _targets_table(found: list[dict[str, Any]]) -> str:
+    verdict = {True: "met", False: "NOT met", None: "not measured"}
+    rows = [
+        [
+            t["target"],
+            f"{t['comparison']} {t['limit']:g} {t['unit']}".strip(),
+            "-" if t["figure"] is None else f"{t['figure']:.3g} {t['unit']}".strip(),
+            verdict[t["met"]],
+        ]
+        for t in found
+    ]
+    return _table("Targets (issue #4)", ["target", "limit", "measured", ""], rows)
+
+
+def report(results: dict[str, Any]) -> str:
+    """The results as plain-text tables."""
+    parts = []
+    if "sim_s" in results.get("baseline", {}):
+        parts.append(_baseline_table(results["baseline"]))
+    scaling = [r for r in results.get("scaling", []) if "ticks_per_s" in r]
+    if scaling:
+        parts.append(_scaling_table(scaling, results.get("exponent")))
+    clearing = [r for r in results.get("clearing", []) if "speedup" in r]
+    if clearing:
+        parts.append(_clearing_table(clearing))
+    if "sweep" in results:
+        parts.append(_sweep_table(results["sweep"]))
+    errors = [r for key in SECTIONS for r in _records(results.get(key)) if "error" in r]
+    parts += [f"\n{r['case']}: FAILED ({r['error']})" for r in errors]
+    if results.get("targets"):
+        parts.append(_targets_table(results["targets"]))
+    return "\n".join(parts)
+
+
+def _records(section: Any) -> list[dict[str, Any]]:
+    if isinstance(section, list):
+        return section
+    return [section] if isinstance(section, dict) and "case" in section else []
+
+
+def run(sections: tuple[str, ...], quick: bool) -> dict[str, Any]:
+    """Run the chosen sections and return every record, the exponent and the targets."""
+    results: dict[str, Any] = {"machine": _machine(), "quick": quick}
+    started = time.perf_counter()
+    if "baseline" in sections:
+        results["baseline"] = _case("baseline")
+    if "scaling" in sections:
+        sizes = SIZES[:2] if quick else SIZES
+        results["scaling"] = [_case("scaling", n) for n in sizes]
+        done = [r for r in results["scaling"] if "tick_s" in r]
+        if len(done) >= 2:
+            results["exponent"] = fitted_exponent(
+                [r["n_buyers"] for r in done], [r["tick_s"] for r in done]
+            )
+    if "clearing" in sections:
+        results["clearing"] = [_case("clearing", n) for n in CLEARING_SIZES]
+    if "sweep" in sections and not quick:
+        from benchmarks.sweeps import sweep_throughput
+
+        results["sweep"] = sweep_throughput()
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["wall_s"] = time.perf_counter() - started
+    results["targets"] = targets(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run, print the tables, write the JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="1k and 10k buyers only, no sweeps")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        print(f"--only = {unknown[0]!r}: unknown section ({', '.join(SECTIONS)})", file=sys.stderr)
+        return 2
+    results = run(sections, args.quick)
+    print(report(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Sweep throughput (issue #4, item 4): runs per minute on the baseline, three ways.
+
+One grid — the alliance tariff × the NdPr price floor, two values each, a few replicates, the
+full 240 ticks — run by
+
+- ``abm.sweeps.sweep`` on a Dask ``LocalCluster`` of 1 and of 2 worker processes (the
+  project's sweep engine: Parquet tables, seeds per run; analysis off), and
+- ``mesa.batch_run`` with 1 and 2 processes on the same grid and replicates.
+
+Wall time covers the whole call, cluster start-up included, as a user meets it; the grid is
+large enough that start-up is a small part of it. Runs go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+GRID = {"tariff_rate": [0.0, 0.25], "floor_level_usd_per_kg": [0, 110]}
+REPLICATES = 4
+TICKS = 240
+
+
+def _sweep_file(folder: Path) -> Path:
+    spec = {
+        "name": "benchmark_grid",
+        "description": "Benchmark grid (issue #4): tariff x floor on the baseline.",
+        "scenario": str(REPO / "configs" / "baseline.yaml"),
+        "seed": 4,
+        "replicates": REPLICATES,
+        "ticks": TICKS,
+        "design": "grid",
+        "parameters": {name: {"values": values} for name, values in GRID.items()},
+    }
+    path = folder / "benchmark_grid.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _abm_sweep(workers: int) -> float:
+    from abm.sweeps import sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _sweep_file(Path(tmp))
+        start = time.perf_counter()
+        sweep(path, workers=workers, out=Path(tmp) / "runs", progress=False, analyze=False)
+        return time.perf_counter() - start
+
+
+def _batch_run(processes: int) -> float:
+    import mesa
+
+    from abm.model import RareEarthModel
+
+    start = time.perf_counter()
+    mesa.batch_run(
+        RareEarthModel,
+        parameters=GRID,
+        number_processes=processes,
+        rng=list(range(REPLICATES)),
+        max_steps=TICKS,
+        data_collection_period=-1,
+        display_progress=False,
+    )
+    return time.perf_counter() - start
+
+
+def sweep_throughput() -> dict[str, Any]:
+    """Runs per minute of each engine with 1 and 2 workers; the 2-vs-1 ratio of Dask's."""
+    try:
+        import abm.sweeps  # noqa: F401
+    except ImportError as err:  # the sweep engine (issue 2) is not there yet
+        return {"error": f"abm.sweeps not available ({err})"}
+    runs = REPLICATES
+    for values in GRID.values():
+        runs *= len(values)
+    engines = []
+    for engine, measure in (("abm.sweeps (Dask)", _abm_sweep), ("mesa.batch_run", _batch_run)):
+        for workers in (1, 2):
+            wall = measure(workers)
+            engines.append(
+                {
+                    "engine": engine,
+                    "workers": workers,
+                    "wall_s": wall,
+                    "runs_per_min": 60 * runs / wall,
+                }
+            )
+    dask = {e["workers"]: e["runs_per_min"] for e in engines if e["engine"].startswith("abm")}
+    return {"runs": runs, "ticks": TICKS, "engines": engines, "dask_speedup": dask[2] / dask[1]}
