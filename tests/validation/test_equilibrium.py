@@ -114,8 +114,11 @@ def lp_landed(eq: Equilibrium) -> dict[str, float]:
 def price_gaps(world: str, beta: float) -> dict[str, float]:
     """Relative gap of each traded price (buyers landed, sellers' asks) to the LP."""
     eq, sim = benchmark(world), simulated(world, beta)
-    buying = {lk.buyer.removesuffix(":concentrate")
-              for lk, f in zip(eq.links, eq.flow_t, strict=True) if f > 1e-9}
+    buying = {
+        lk.buyer.removesuffix(":concentrate")
+        for lk, f in zip(eq.links, eq.flow_t, strict=True)
+        if f > 1e-9
+    }
     gaps = {}
     for buyer, price in lp_landed(eq).items():
         if buyer in buying:  # buyers the LP has trading (an idle plant's dual is only a bound)
@@ -199,6 +202,7 @@ def test_lp_solution_is_unique(world: str) -> None:
 
 
 # ------------------------------------------------------------------ the model against it
+
 
 # Measured when this file was written (engine at commit f1c34c1; β = 200, 360 ticks, last 24
 # ticks averaged). Only these cases are marked; every one of them fails at the time of writing.
