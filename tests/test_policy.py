@@ -299,3 +299,130 @@ def test_policy_runs_are_reproducible():
     a = run(SMALL, seed=4, ticks=24, overrides=overrides).metrics
     b = run(SMALL, seed=4, ticks=24, overrides=overrides).metrics
     assert a.equals(b)
+
+
+# ------------------------------------------------------------------ mechanisms of issue 3's fixes
+
+
+def test_captive_mine_sells_only_to_its_plants():
+    model = step_checked(model_with("mines.au_mine.sells_to=[us_sep]"), 12)
+    w = model.world
+    mine_row = w.producers.output_rows[w.producers.names.index("au_mine"), 0]
+    from_mine = w.edges.seller == mine_row
+    buyers = {model.producer_agents[w.stocks.owner[b]].name for b in w.edges.buyer[from_mine]}
+    assert buyers == {"us_sep"}  # cn_sep's edge from the captive mine does not exist
+    assert w.edges.flow_t[from_mine].sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("mines.au_mine.sells_to=[nowhere]", "mines.1.sells_to.0"),
+        ("mines.au_mine.sells_to=[jp_magnet]", "mines.1.sells_to.0"),
+        ("projects.us_new_sep.sells_to=[us_sep]", "projects.1.sells_to"),
+    ],
+)
+def test_captive_supply_must_name_separation_plants(override, key):
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(SMALL, [override])
+    assert err.value.key == key
+
+
+def test_captive_mine_project_waits_for_its_plant():
+    model = model_with(
+        "projects.au_new_mine.sells_to=[us_new_sep]",
+        "projects.us_new_sep.earliest_start='2029-01'",
+        "projects.au_new_mine.capex_usd_million=0",
+    )
+    step_checked(model, 36)
+    p = model.world.producers
+    mine, plant = p.names.index("au_new_mine"), p.names.index("us_new_sep")
+    # the plant may not start before 2029, so its captive mine must not either
+    assert p.status[plant] == 0 and p.status[mine] == 0
+
+
+def test_unused_quota_of_one_product_passes_to_the_products_after_it():
+    # one quota on every product; nobody abroad buys Chinese concentrate, so its share of the
+    # quota must pass on to oxide and magnet exports in the same tick
+    quota = 2400.0
+    model = model_with(f"policies.export_controls=[{{product: any, quota_t_per_yr: {quota}}}]")
+    exports = edges_of(model, "CN") & ~edges_of(model, None, "CN")
+    exported = []
+    for _ in range(24):
+        model.step()
+        check_invariants(model)
+        exported.append(model.world.edges.flow_t[exports].sum())
+        assert exported[-1] <= quota / 12 * (1 + 1e-9)
+    assert max(exported[6:]) >= quota / 12 * 0.99  # the whole quota is used
+
+
+def test_price_gap_floor_lets_covered_sellers_undercut():
+    floor = (
+        "policies.price_floors=[{product: 'oxide:NdPr', level_usd_per_kg: 500, "
+        "mechanism: price_gap_subsidy}]"
+    )
+    model = model_with(floor, *COMPLIANT_ORE)
+    s = model.world.stocks
+    rows = np.flatnonzero((s.product == model.world.products.index("oxide:NdPr")) & (s.role == 0))
+    cost = model._cost_floor(rows)
+    floors = model.policy.subsidised_ask_floor(rows, cost)
+    compliant = model.compliant_rows(rows)
+    assert compliant.any() and (~compliant).any()
+    assert np.all(floors[compliant] == 0.0)  # F covers their cost: any ask is worth taking
+    np.testing.assert_array_equal(floors[~compliant], cost[~compliant])
+
+
+def test_strategic_pricing_cuts_only_the_listed_products():
+    pricing = (
+        "policies.china_pricing={mode: strategic, trigger_non_cn_share: 0.0, "
+        "export_price_fraction: 0.5, budget_usd_million: 1000, products: ['oxide:NdPr']}"
+    )
+    model = step_checked(model_with(pricing, *COMPLIANT_ORE), 3)
+    assert model.policy.strategic_active
+    e = model.world.edges
+    magnets = edges_of(model, "CN", None, "magnet") & ~edges_of(model, None, "CN")
+    ndpr = edges_of(model, "CN", None, "oxide:NdPr") & ~edges_of(model, None, "CN")
+    own = model.world.stocks.ask_usd_per_kg[e.seller]
+    cut = model.policy.export_asks(slice(None), own, model._cost_floor(e.seller))
+    np.testing.assert_array_equal(cut[magnets], own[magnets])
+    assert np.all(cut[ndpr] <= own[ndpr]) and np.any(cut[ndpr] < own[ndpr])
+
+
+def test_reserve_initial_stock_is_compliant_and_bears_carrying_cost():
+    reserve = (
+        "policies.reserve={product: 'oxide:NdPr', owner: alliance, loan_usd_million: 100, "
+        "target_months: 6, buy_trigger_usd_per_kg: 1, release_trigger_usd_per_kg: 1000, "
+        "initial_stock_t: 300}"
+    )
+    model = model_with(reserve, *COMPLIANT_ORE)
+    assert model.reserve.stock_t == pytest.approx(300.0)
+    rows = list(model.reserve.rows)
+    assert np.all(model.compliant_rows(np.array(rows)) | (model.world.stocks.qty_t[rows] == 0))
+    step_checked(model, 12)  # mass and money balance with the seeded stock
+    assert model.accounts["reserve_carrying_cost"] > 0
+
+
+def test_fixed_costs_are_paid_and_keep_money_balanced():
+    model = step_checked(model_with("investment.fixed_cost_share=0.4"), 12)
+    base = step_checked(model_with(), 12)
+    assert model.accounts["operating_costs"] > 0
+    # at full capacity costs are unchanged; below it, fixed costs make operating costs higher
+    assert model.accounts["operating_costs"] != pytest.approx(base.accounts["operating_costs"])
+
+
+def test_paired_runs_share_random_numbers_until_the_policy_acts():
+    reserve = (
+        "policies.reserve={product: 'oxide:NdPr', owner: alliance, loan_usd_million: 100, "
+        "target_months: 6, buy_trigger_usd_per_kg: 1, release_trigger_usd_per_kg: 1e6}"
+    )
+    noisy = "market.price_noise=0.02"
+    a = RareEarthModel(SMALL, rng=3, overrides=[noisy])
+    b = RareEarthModel(SMALL, rng=3, overrides=[noisy, reserve])
+    for _ in range(12):
+        a.step()
+        b.step()
+    # the reserve (buying at most at $1/kg) never trades: the two runs are the same
+    rows = np.flatnonzero(a.world.stocks.owner_kind != 3)
+    np.testing.assert_array_equal(
+        a.world.stocks.ask_usd_per_kg[rows], b.world.stocks.ask_usd_per_kg[rows]
+    )
