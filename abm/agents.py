@@ -236,7 +236,11 @@ class Producer(mesa.Agent):
         fixed = inv.fixed_cost_share * p.unit_cost_usd_per_kg  # per kg of capacity
         # below cost beyond rounding, or selling too little to pay the fixed costs
         idle_capacity_loss = (own + fixed) * p.utilisation_history < fixed - 1e-9 * price_now
-        losing = operating & ((own < -1e-9 * price_now) | idle_capacity_loss)
+        # ... while the market's prices do not cover its cost either: in a glut every seller's
+        # ask sinks to its own floor, and only those the market price leaves short idle (the
+        # dearest first), not a whole industry in the same month
+        market_short = market < -1e-9 * np.abs(market + p.unit_cost_usd_per_kg)
+        losing = operating & ((own < -1e-9 * price_now) | idle_capacity_loss) & market_short
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
         to_idle = operating & (p.loss_months >= inv.loss_months_to_idle)
         idle = p.status == IDLE
@@ -661,7 +665,10 @@ class Buyer(mesa.Agent):
         s.qty_t[b.row] -= used
         reo = used * model.world.reo_content[b.product]
         model.consumed_reo_t_total += reo.sum()
-        return used[:, None] * s.attrs[b.row]
+        rows = b.row  # buyers' stock rows, one block as the world builds them: read in place
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            rows = slice(rows[0], rows[-1] + 1)
+        return used[:, None] * s.attrs[rows]
 
 
 class StrategicReserve(mesa.Agent):
