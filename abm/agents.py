@@ -242,11 +242,12 @@ class Producer(mesa.Agent):
         market_short = market < -1e-9 * np.abs(market + p.unit_cost_usd_per_kg)
         losing = operating & ((own < -1e-9 * price_now) | idle_capacity_loss) & market_short
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
-        to_idle = operating & (p.loss_months >= inv.loss_months_to_idle)
+        # the counters count ticks; the rules are in months
+        to_idle = operating & (p.loss_months >= model.months_to_ticks(inv.loss_months_to_idle))
         idle = p.status == IDLE
         restart = idle & (market > 1e-9 * np.abs(market + p.unit_cost_usd_per_kg))
         p.idle_months = np.where(idle & ~restart, p.idle_months + 1, 0)
-        close = idle & ~restart & (p.idle_months >= inv.idle_months_to_close)
+        close = idle & ~restart & (p.idle_months >= model.months_to_ticks(inv.idle_months_to_close))
         p.status = np.where(to_idle, IDLE, p.status)
         p.status = np.where(restart, OPERATING, p.status)
         p.status = np.where(close, CLOSED, p.status)

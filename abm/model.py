@@ -45,6 +45,7 @@ RECEIVED = (
     "capital_goods",
 )
 PAID = ("floor_subsidy", "strategic_pricing", "offtake_purchases")
+SMALL_ARRIVAL = 4096  # receiving rows up to which a tick's arrivals are mixed in one call
 
 
 @dataclass
@@ -57,7 +58,8 @@ class _MarketIndex:
     buyer_rows: np.ndarray  # per local buyer: stock row
     buyer_local: np.ndarray  # per edge: local buyer
     buyer_starts: np.ndarray  # per local buyer: its first edge (edges run by buyer)
-    abroad: np.ndarray  # per edge: 1.0 where the buyer is outside China, else 0.0
+    routes: provenance.Routes | None = None  # shipping: (lead time, buyer) ← seller, per edge
+    routes_lead: np.ndarray | None = None  # per edge: the lead times ``routes`` was built for
 
     def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
         """Per local buyer: the sum of a per-edge quantity over its edges."""
@@ -105,6 +107,8 @@ class RareEarthModel(mesa.Model):
         self.tick = 0
         self._init_accounts()
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
+        w = self.world
+        self._abroad = (w.edges.buyer_country != w.china).astype(float)  # per edge
         self._init_buyer_terms()
         self.expected_market_price = self.world.reference_price.copy()
         self.expected_price_abroad = self.world.reference_price.copy()  # buyers outside China
@@ -205,10 +209,7 @@ class RareEarthModel(mesa.Model):
         buyer_rows, buyer_local = np.unique(e.buyer[edges], return_inverse=True)
         # edges are stored sorted by buyer row, so each buyer's edges form one run
         buyer_starts = provenance.run_starts(buyer_local)
-        abroad = (self.world.stocks.country[e.buyer[edges]] != self.world.china).astype(float)
-        return _MarketIndex(
-            edges, seller_rows, seller_local, buyer_rows, buyer_local, buyer_starts, abroad
-        )
+        return _MarketIndex(edges, seller_rows, seller_local, buyer_rows, buyer_local, buyer_starts)
 
     def _init_buyer_terms(self) -> None:
         """Per stock row: the buying terms of its owner (processors buy without premium)."""
@@ -430,20 +431,18 @@ class RareEarthModel(mesa.Model):
         shipments = w.transit_attr_t[slot]
         if not shipments:
             return
-        if len(shipments) == 1:
-            rows, mass = shipments[0]  # per arriving row (unique, increasing) × attribute
-        else:
-            arriving = np.zeros(w.transit_t.shape[1], dtype=bool)  # per row
-            for shipped_rows, _ in shipments:
-                arriving[shipped_rows] = True
-            rows = np.flatnonzero(arriving)
-            mass = np.zeros((len(rows), w.layout.width))  # per arriving row × attribute
-            for shipped_rows, shipped_mass in shipments:
-                mass[np.searchsorted(rows, shipped_rows)] += shipped_mass
-        provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, w.transit_t[slot, rows], mass)
-        w.transit_t[slot, rows] = 0.0
+        if len(shipments) > 1 and sum(len(rows) for rows, _, _ in shipments) <= SMALL_ARRIVAL:
+            # a small world: one mixing call (per-call overhead) rather than one per shipment
+            shipments = [tuple(np.concatenate(parts) for parts in zip(*shipments, strict=True))]
+        for rows, qty, mass in shipments:  # one shipment after the other: mixing is additive
+            provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
+        arriving = np.zeros(len(w.stocks.qty_t), dtype=bool)  # per row
+        for rows, _, _ in shipments:
+            arriving[rows] = True
+        arrived = np.flatnonzero(arriving)
+        w.transit_t[slot, arrived] = 0.0
         w.transit_attr_t[slot] = []
-        self.in_transit_t[rows] = w.transit_t[:, rows].sum(axis=0)
+        self.in_transit_t[arrived] = w.transit_t[:, arrived].sum(axis=0)
 
     def _concentrate_value(self, m: _MarketIndex) -> np.ndarray:
         """Per edge: oxide value a plant expects from a kg of the seller's ore, net of processing.
@@ -481,9 +480,11 @@ class RareEarthModel(mesa.Model):
         landed = market.landed_cost(
             ask, e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl], e.transport_usd_per_kg[sl], 0.0
         )
-        premium = np.where(compliant, 0.0, self.row_premium_share[buyers] * ask)
-        switching = np.where(e.last_flow_t[sl] > 0, 0.0, self.row_switching[buyers])
-        rank = landed + premium + switching
+        rank = landed  # per edge: what buyers rank offers by
+        if self.row_premium_share[m.buyer_rows].any():  # a security premium on CN-touched lots
+            rank = rank + np.where(compliant, 0.0, self.row_premium_share[buyers] * ask)
+        if self.row_switching[m.buyer_rows].any():  # a switching cost toward new sellers
+            rank = rank + np.where(e.last_flow_t[sl] > 0, 0.0, self.row_switching[buyers])
         eligible = e.allowed[sl] & (landed <= self.row_reservation[buyers])
         eligible &= self.policy.licensed(sl)
         if product == 0:
@@ -518,11 +519,14 @@ class RareEarthModel(mesa.Model):
         # a seller's (domestic) ask answers the orders it could serve; export orders rationed
         # away by a quota drive its export ask instead (two-tier prices, §8)
         n_s = len(m.seller_rows)
-        export_orders = np.bincount(m.seller_local[controlled], asked[controlled], minlength=n_s)
-        export_sold = np.bincount(m.seller_local[controlled], flow[controlled], minlength=n_s)
-        export_orders_all_rounds = np.bincount(
-            m.seller_local[controlled], result.edge_orders[controlled], minlength=n_s
-        )
+        export_orders, export_sold, export_orders_all_rounds = np.zeros((3, n_s))  # per seller
+        if controlled.any():
+            local = m.seller_local[controlled]
+            export_orders = np.bincount(local, asked[controlled], minlength=n_s)
+            export_sold = np.bincount(local, flow[controlled], minlength=n_s)
+            export_orders_all_rounds = np.bincount(
+                local, result.edge_orders[controlled], minlength=n_s
+            )
         s.orders_t[m.seller_rows] = result.orders - export_orders_all_rounds + export_sold
         s.export_orders_t[m.seller_rows] = export_orders
         s.export_sold_t[m.seller_rows] = export_sold
@@ -531,7 +535,7 @@ class RareEarthModel(mesa.Model):
         e.flow_t[sl] = flow
         self.edge_ask[sl] = ask
         self.edge_landed[sl] = landed
-        self._ship(sellers, buyers, flow, e.lead_ticks[sl] + self.policy.extra_lead(sl))
+        self._ship(m, flow, e.lead_ticks[sl] + self.policy.extra_lead(sl))
         self._pay(m, sellers, flow, ask, landed)
         self._pay_policy(product, sellers, flow, own_ask - strategic_ask, ask, compliant)
         self._update_buyer_expectations(m, flow, landed, eligible)
@@ -598,22 +602,17 @@ class RareEarthModel(mesa.Model):
             self.tick_fiscal["strategic_pricing"] += topup.sum()
             self.policy.strategic_spent_usd_million += topup.sum()
 
-    def _ship(
-        self, sellers: np.ndarray, buyers: np.ndarray, flow: np.ndarray, lead: np.ndarray
-    ) -> None:
-        """Deliver now (lead time 0) or put in transit for ``lead`` ticks."""
-        w = self.world
+    def _ship(self, m: _MarketIndex, flow: np.ndarray, lead: np.ndarray) -> None:
+        """Deliver now (lead time 0) or put in transit for ``lead`` ticks (per edge)."""
+        w, e = self.world, self.world.edges
         n_rows = len(w.stocks.qty_t)
-        moving = np.flatnonzero(flow > 0)  # per shipment: its edge
-        if len(moving) and lead[moving].min() != lead[moving].max():
-            # by lead time, then buyer row (a stable radix sort of small integers)
-            moving = moving[np.argsort(lead[moving].astype(np.int16), kind="stable")]
-        # one sparse product for all lead times: lots keyed by (lead time, receiving row)
-        keys, qty, mass = provenance.lot_inflows(
-            lead[moving] * n_rows + buyers[moving], sellers[moving], flow[moving], w.stocks.attrs
-        )
-        lead_ticks, receiving = np.divmod(keys, n_rows)  # per receiving (lead time, row)
-        starts = [0, *(np.flatnonzero(np.diff(lead_ticks)) + 1).tolist(), len(keys)]
+        if m.routes is None or not np.array_equal(lead, m.routes_lead):
+            # shipments keyed by (lead time, receiving row): one sparse product for all leads
+            keys = lead * n_rows + e.buyer[m.edges]  # per edge
+            m.routes, m.routes_lead = provenance.Routes(keys, e.seller[m.edges], n_rows), lead
+        qty, mass = m.routes.inflows(flow, w.stocks.attrs)  # per (lead time, receiving row)
+        lead_ticks, receiving = np.divmod(m.routes.dest, n_rows)
+        starts = [0, *(np.flatnonzero(np.diff(lead_ticks)) + 1).tolist(), len(lead_ticks)]
         for start, stop in pairwise(starts):
             if start == stop:
                 continue
@@ -623,10 +622,14 @@ class RareEarthModel(mesa.Model):
                     w.stocks.qty_t, w.stocks.attrs, rows, qty[start:stop], mass[start:stop]
                 )
                 continue
+            sent_qty, sent_mass = qty[start:stop], mass[start:stop]
+            sent = sent_qty > 0  # per row: something is on its way to it
+            if not sent.all():
+                rows, sent_qty, sent_mass = rows[sent], sent_qty[sent], sent_mass[sent]
             slot = (self.tick + ticks) % len(w.transit_t)
-            w.transit_t[slot, rows] += qty[start:stop]
-            w.transit_attr_t[slot].append((rows, mass[start:stop]))
-            self.in_transit_t[rows] = w.transit_t[:, rows].sum(axis=0)
+            w.transit_t[slot, rows] += sent_qty
+            w.transit_attr_t[slot].append((rows, sent_qty, sent_mass))
+            self.in_transit_t[rows] += sent_qty  # recounted exactly when it arrives
 
     def _pay(
         self,
@@ -713,16 +716,14 @@ class RareEarthModel(mesa.Model):
         # market-wide expected prices: volume-weighted transaction prices, smoothed
         e = w.edges
         flow, sales = e.flow_t, e.flow_t * self.edge_ask  # per edge
-        volume = np.array([flow[m.edges].sum() for m in self._markets])  # per product
-        value = np.array([sales[m.edges].sum() for m in self._markets])  # per product
+        volume, value = self._per_product(flow), self._per_product(sales)
         traded = volume > 0
         observed = np.where(traded, value / np.maximum(volume, 1e-300), self.expected_market_price)
         self.expected_market_price = market.smooth(
             self.expected_market_price, observed, cfg.expectation_smoothing
         )
-        # to buyers abroad (products, not BLAS dot products: those spawn threads)
-        volume = np.array([(flow[m.edges] * m.abroad).sum() for m in self._markets])
-        value = np.array([(sales[m.edges] * m.abroad).sum() for m in self._markets])
+        abroad = self._abroad  # per edge: 1 where the buyer is outside China
+        volume, value = self._per_product(flow * abroad), self._per_product(sales * abroad)
         observed = np.where(
             volume > 0, value / np.maximum(volume, 1e-300), self.expected_price_abroad
         )
@@ -737,6 +738,15 @@ class RareEarthModel(mesa.Model):
             self.long_run_price_abroad, self.expected_price_abroad, memory
         )
         self._update_netback()
+
+    def _per_product(self, per_edge: np.ndarray) -> np.ndarray:
+        """Per product: the sum of a per-edge quantity over its market's edges."""
+        markets = self.world.edges.market_slices  # contiguous, in product order
+        out = np.zeros(len(markets))
+        filled = [p for p, edges in enumerate(markets) if edges.stop > edges.start]
+        if filled:
+            out[filled] = np.add.reduceat(per_edge, [markets[p].start for p in filled])
+        return out
 
     def _update_netback(self) -> None:
         """Concentrate price per US$ of contained oxide value, from this tick's trades."""
@@ -834,7 +844,7 @@ class RareEarthModel(mesa.Model):
             inv.enabled
             and not self.warming_up
             and self.tick > 0
-            and self.tick % inv.interval_months == 0
+            and self.tick % max(round(self.months_to_ticks(inv.interval_months)), 1) == 0
         )
 
     def _is_last_oxide(self, product: int) -> bool:
