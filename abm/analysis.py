@@ -269,6 +269,22 @@ def _point_means(results: SweepResults, outcome: str) -> np.ndarray:
     return means.to_numpy(dtype=float)
 
 
+def _complete_blocks(name: str, y: np.ndarray, size: int) -> np.ndarray:
+    """Per block of ``size`` design rows (a Saltelli block, a Morris trajectory): all finite.
+
+    A failed run (NaN) voids its block only; the others remain a valid, smaller sample.
+    """
+    blocks = y.reshape(-1, size)
+    keep = np.isfinite(blocks).all(axis=1)
+    if not keep.all():
+        warnings.warn(
+            f"{name}: {(~keep).sum()} of {len(keep)} design blocks have a NaN (a failed run "
+            "or no data) and are left out",
+            stacklevel=3,
+        )
+    return keep
+
+
 def sobol_table(
     problem: Mapping[str, Any],
     outputs: Mapping[str, np.ndarray],
@@ -281,14 +297,16 @@ def sobol_table(
     Args:
         problem: SALib problem (names and bounds) of the design.
         outputs: per output name, its values at the points of a Saltelli/Sobol design
-            (``calc_second_order=False``), in design order.
+            (``calc_second_order=False``: blocks of D + 2 points), in design order.
         num_resamples: bootstrap resamples for the confidence intervals.
         conf_level: confidence level of the intervals.
         seed: seed of the bootstrap.
 
     Returns:
         Columns ``outcome``, ``parameter``, ``S1``, ``S1_conf``, ``ST``, ``ST_conf``
-        (``*_conf`` is the half-width of the interval). Outputs with a NaN are left out.
+        (``*_conf`` is the half-width of the interval) and ``N``, the blocks used: a block
+        with a NaN is left out, with a warning; an output with fewer than 2 left, or the same
+        in every run, is skipped.
 
     """
     from SALib.analyze import sobol
@@ -296,12 +314,15 @@ def sobol_table(
     rows = []
     for name, values in outputs.items():
         y = np.asarray(values, dtype=float)
-        if np.isnan(y).any():
-            warnings.warn(f"{name}: {np.isnan(y).sum()} NaN values; no Sobol indices", stacklevel=2)
+        keep = _complete_blocks(name, y, problem["num_vars"] + 2)
+        if keep.sum() < 2:
+            continue
+        if np.ptp(y.reshape(len(keep), -1)[keep]) == 0:
+            warnings.warn(f"{name}: the same in every run; no Sobol indices", stacklevel=2)
             continue
         si = sobol.analyze(
             dict(problem),
-            y,
+            y.reshape(len(keep), -1)[keep].ravel(),
             calc_second_order=False,
             num_resamples=num_resamples,
             conf_level=conf_level,
@@ -316,9 +337,11 @@ def sobol_table(
                     "S1_conf": si["S1_conf"][i],
                     "ST": si["ST"][i],
                     "ST_conf": si["ST_conf"][i],
+                    "N": int(keep.sum()),
                 }
             )
-    return pd.DataFrame(rows, columns=["outcome", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
+    columns = ["outcome", "parameter", "S1", "S1_conf", "ST", "ST_conf", "N"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def morris_table(
@@ -340,23 +363,24 @@ def morris_table(
         seed: seed of the bootstrap.
 
     Returns:
-        Columns ``outcome``, ``parameter``, ``mu``, ``mu_star``, ``mu_star_conf``, ``sigma``.
+        Columns ``outcome``, ``parameter``, ``mu``, ``mu_star``, ``mu_star_conf``, ``sigma``
+        and ``N``, the trajectories used (one with a NaN is left out, with a warning).
 
     """
     from SALib.analyze import morris
 
+    size = problem["num_vars"] + 1
+    x = np.asarray(design, dtype=float).reshape(-1, size, problem["num_vars"])
     rows = []
     for name, values in outputs.items():
         y = np.asarray(values, dtype=float)
-        if np.isnan(y).any():
-            warnings.warn(
-                f"{name}: {np.isnan(y).sum()} NaN values; no Morris indices", stacklevel=2
-            )
+        keep = _complete_blocks(name, y, size)
+        if keep.sum() < 2:
             continue
         si = morris.analyze(
             dict(problem),
-            np.asarray(design, dtype=float),
-            y,
+            x[keep].reshape(-1, problem["num_vars"]),
+            y.reshape(-1, size)[keep].ravel(),
             num_levels=num_levels,
             conf_level=conf_level,
             seed=seed,
@@ -370,9 +394,10 @@ def morris_table(
                     "mu_star": si["mu_star"][i],
                     "mu_star_conf": si["mu_star_conf"][i],
                     "sigma": si["sigma"][i],
+                    "N": int(keep.sum()),
                 }
             )
-    columns = ["outcome", "parameter", "mu", "mu_star", "mu_star_conf", "sigma"]
+    columns = ["outcome", "parameter", "mu", "mu_star", "mu_star_conf", "sigma", "N"]
     return pd.DataFrame(rows, columns=columns)
 
 

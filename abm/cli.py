@@ -16,6 +16,9 @@ import argparse
 import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,21 +72,34 @@ def _sweep_parsers(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("folder", help="a sweep folder written by abm sweep")
 
 
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings (e.g. outcomes left out of a Sobol table) as one line each."""
+    with warnings.catch_warnings():
+        # the embedded cluster has no dashboard: its HTTP port does not matter
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"abm: warning: {message}", file=sys.stderr
+        )
+        yield
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from abm.sweeps import SweepInterrupted, sweep
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ScenarioError("--batch-size", args.batch_size, "must be at least 1")
     try:
-        results = sweep(
-            args.sweep,
-            workers=args.workers,
-            address=args.address,
-            out=args.out,
-            resume=args.resume,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
+        with _one_line_warnings():
+            results = sweep(
+                args.sweep,
+                workers=args.workers,
+                address=args.address,
+                out=args.out,
+                resume=args.resume,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
     except SweepInterrupted as stop:
         print(
             f"abm: interrupted; {stop.done} of {stop.total} runs kept in {stop.path}; finish "
@@ -114,7 +130,9 @@ def _analyze(args: argparse.Namespace) -> int:
         ) from None
     if not results.complete:
         print(f"abm: {args.folder} is not complete; analysing the finished runs", file=sys.stderr)
-    for path in analyze(args.folder):
+    with _one_line_warnings():
+        written = analyze(args.folder)
+    for path in written:
         print(path)
     return 0
 

@@ -62,33 +62,38 @@ def row_owner(model: RareEarthModel, row: int) -> str:
     return f"agent '{name}' ({w.products[s.product[row]]} {role} stock)"
 
 
-def _first_bad(values: np.ndarray, ok: np.ndarray) -> int | None:
+def _first_bad(ok: np.ndarray) -> int | None:
+    """Index of the first ``False`` in ``ok``, or None."""
     bad = np.flatnonzero(~ok)
     return int(bad[0]) if len(bad) else None
 
 
-def _per_row(model: RareEarthModel, name: str, values: np.ndarray, lowest: float | None) -> None:
-    """Finite everywhere, and at least ``lowest`` (if given), per stock row."""
-    finite = np.isfinite(values)
-    row = _first_bad(values, finite)
-    if row is not None:
-        raise InvariantError(
-            model.tick, row_owner(model, row), name, float(values[row]), "not a finite number"
-        )
-    if lowest is not None:
-        row = _first_bad(values, values >= lowest)
+def _per_row(
+    model: RareEarthModel,
+    name: str,
+    values: np.ndarray,
+    lowest: float | None = None,
+    positive: bool = False,
+) -> None:
+    """Per stock row: finite, at least ``lowest`` (if given), above 0 (if ``positive``)."""
+    for ok, problem in (
+        (np.isfinite(values), "not a finite number"),
+        (values >= (-np.inf if lowest is None else lowest), f"below {lowest or 0:g}"),
+        (values > 0 if positive else np.ones(len(values), dtype=bool), "not positive"),
+    ):
+        row = _first_bad(ok)
         if row is not None:
             raise InvariantError(
-                model.tick, row_owner(model, row), name, float(values[row]), f"below {lowest:g}"
+                model.tick, row_owner(model, row), name, float(values[row]), problem
             )
 
 
 def _per_agent(
     model: RareEarthModel, names: list[str], quantity: str, values: np.ndarray, lowest: float | None
 ) -> None:
-    """Finite everywhere, and at least ``lowest`` (if given), per producer or buyer."""
+    """Per producer or buyer: finite, and at least ``lowest`` (if given)."""
     ok = np.isfinite(values) if lowest is None else np.isfinite(values) & (values >= lowest)
-    i = _first_bad(values, ok)
+    i = _first_bad(ok)
     if i is not None:
         problem = "not a finite number" if not np.isfinite(values[i]) else f"below {lowest:g}"
         raise InvariantError(model.tick, f"agent '{names[i]}'", quantity, float(values[i]), problem)
@@ -108,50 +113,51 @@ def check(model: RareEarthModel) -> None:
     scale_t = max(float(np.abs(s.qty_t).sum()) if np.isfinite(s.qty_t).all() else 1.0, 1.0)
     lowest = -NEGATIVE_TOLERANCE * scale_t
     _per_row(model, "qty_t", s.qty_t, lowest)
-    in_transit = w.transit_t.sum(axis=0)  # per row
-    _per_row(model, "in_transit_t", in_transit, lowest)
-    out = s.role == OUTPUT
-    asks = np.where(out, s.ask_usd_per_kg, 1.0)
-    _per_row(model, "ask_usd_per_kg", asks, None)
-    if (asks <= 0).any():
-        row = int(np.flatnonzero(asks <= 0)[0])
-        raise InvariantError(
-            model.tick, row_owner(model, row), "ask_usd_per_kg", float(asks[row]), "not positive"
-        )
+    _per_row(model, "in_transit_t", w.transit_t.sum(axis=0), lowest)
+    out = s.role == OUTPUT  # asks only mean something on output rows
+    _per_row(model, "ask_usd_per_kg", np.where(out, s.ask_usd_per_kg, 1.0), positive=True)
     _per_row(model, "export_ask_usd_per_kg", np.where(out, s.export_ask_usd_per_kg, 1.0), 0.0)
     _per_row(model, "expected_price_usd_per_kg", s.expected_price_usd_per_kg, 0.0)
     _check_lots(model)
-    producers = list(p.names)
+    producers, buyers = list(p.names), list(b.names)
     _per_agent(model, producers, "capacity_t_per_yr", p.capacity_t_per_yr, 0.0)
     _per_agent(model, producers, "pending_capacity_t_per_yr", p.pending_capacity_t_per_yr, 0.0)
     _per_agent(model, producers, "output_t", p.output_t, lowest)
     _per_agent(model, producers, "cash_usd_million", p.cash_usd_million, None)
-    _per_agent(model, list(b.names), "need_t", b.need_t, 0.0)
-    _per_agent(model, list(b.names), "cash_usd_million", b.cash_usd_million, None)
-    if not np.isfinite(model.reserve.cash_usd_million):
-        raise InvariantError(
-            model.tick, "agent 'strategic_reserve'", "cash_usd_million",
-            model.reserve.cash_usd_million, "not a finite number",
-        )  # fmt: skip
+    _per_agent(model, buyers, "need_t", b.need_t, 0.0)
+    _per_agent(model, buyers, "cash_usd_million", b.cash_usd_million, None)
+    reserve_cash = np.array([model.reserve.cash_usd_million])
+    _per_agent(model, [model.reserve.name], "cash_usd_million", reserve_cash, None)
     if not model.warming_up:
         _check_balances(model)
+
+
+def _attribute_name(model: RareEarthModel, column: int) -> str:
+    """What a lot attribute column means, in words."""
+    layout = model.world.layout
+    if column < layout.n_origin:
+        mined, processed = divmod(column, layout.n_countries + 1)
+        where = layout.countries[processed] if processed < layout.n_countries else "unprocessed"
+        return f"provenance share (mined {layout.countries[mined]}, processed {where})"
+    if column == layout.processed_cn:
+        return "processed-in-China share"
+    if column == layout.touched_cn:
+        return "touched-China share"
+    return f"composition share of {layout.elements[column - layout.composition.start]}"
 
 
 def _check_lots(model: RareEarthModel) -> None:
     """Lot attributes in [0, 1]; provenance and composition of held stock sum to 1."""
     w, s = model.world, model.world.stocks
     attrs = s.attrs  # per row × attribute
-    finite = np.isfinite(attrs).all(axis=1)
-    inside = ((attrs >= -SHARE_TOLERANCE) & (attrs <= 1 + SHARE_TOLERANCE)).all(axis=1)
-    row = _first_bad(finite, finite & inside)
+    inside = np.isfinite(attrs) & (attrs >= -SHARE_TOLERANCE) & (attrs <= 1 + SHARE_TOLERANCE)
+    row = _first_bad(inside.all(axis=1))
     if row is not None:
-        column = int(
-            np.flatnonzero(~np.isfinite(attrs[row]) | (attrs[row] < 0) | (attrs[row] > 1))[0]
-        )
+        column = _first_bad(inside[row])
         raise InvariantError(
             model.tick,
             row_owner(model, row),
-            f"lot attribute {column}",
+            _attribute_name(model, column),
             float(attrs[row, column]),
             "outside [0, 1]",
         )
@@ -161,7 +167,7 @@ def _check_lots(model: RareEarthModel) -> None:
         ("element composition", w.layout.composition),
     ):
         total = attrs[held, columns].sum(axis=1)  # per held row
-        i = _first_bad(total, np.abs(total - 1.0) <= SHARE_TOLERANCE)
+        i = _first_bad(np.abs(total - 1.0) <= SHARE_TOLERANCE)
         if i is not None:
             raise InvariantError(
                 model.tick,

@@ -109,11 +109,14 @@ def _set_everywhere(path: str, make_parents: bool = True) -> Callable[[Data, Any
     return apply
 
 
-def _entries(data: Data, path: str) -> tuple[list[list[Any]], list[tuple[dict, str, Data]]]:
-    """Every list of a list policy (start and events) and every event field set on one entry.
+def _entries(
+    data: Data, path: str
+) -> tuple[list[list[Any]], list[tuple[dict, str, Data, str | None]]]:
+    """Every list of a list policy (start and events), and every event setting of one entry.
 
-    Returns the lists, and ``(settings, key, entry)`` for event keys ``path.<item>.<field>``
-    with the initial entry they address.
+    Returns the lists, and ``(settings, key, entry, field)`` for event keys ``path.<item>``
+    (the entry itself; field None) and ``path.<item>.<field>`` (the initial entry they
+    address, with the field's new value).
     """
     initial = _walk(data, path.split("."), make_parents=False)
     start = initial[0].get(initial[1]) if initial else None
@@ -133,9 +136,9 @@ def _entries(data: Data, path: str) -> tuple[list[list[Any]], list[tuple[dict, s
                 raise ScenarioError(key, value, f"events.{i}: no initial {path} to address")
             entry = start[_list_index(start, rest[0], f"events.{i}.set.{key}")]
             if len(rest) == 1 and isinstance(value, dict):
-                lists.append([value])
+                fields.append((settings, key, value, None))
             elif len(rest) == 2:
-                fields.append((settings, key, {**entry, rest[1]: value}))
+                fields.append((settings, key, {**entry, rest[1]: value}, rest[1]))
             else:
                 raise ScenarioError(key, value, f"events.{i}: a lever cannot rewrite this")
     return lists, fields
@@ -152,10 +155,10 @@ def _update_entries(
             if isinstance(entry, dict) and match(entry):
                 update(entry)
                 found += 1
-    for settings, key, entry in fields:
+    for settings, key, entry, field in fields:
         if match(entry):
             update(entry)
-            settings[key] = entry[key.rsplit(".", 1)[1]]
+            settings[key] = entry if field is None else entry[field]
             found += 1
     return found
 
@@ -164,7 +167,7 @@ def _remove_entries(data: Data, path: str, match: Callable[[Data], bool]) -> Non
     lists, fields = _entries(data, path)
     for items in lists:
         items[:] = [e for e in items if not (isinstance(e, dict) and match(e))]
-    for settings, key, entry in fields:
+    for settings, key, entry, _ in fields:
         if match(entry):
             del settings[key]
 

@@ -155,45 +155,63 @@ def clear(
     ordered = np.zeros(n_edges)  # per edge
     unfilled = np.zeros(n_edges)  # per edge
     rationed = group is not None and group_cap is not None and len(group_cap) > 0
-    live = np.flatnonzero(eligible)  # per edge in play: its index
-    unfilled_at = live[:0]  # edges whose unfilled orders are set
+    # the edges in play, as compacted copies that shrink as buyers are served and sellers sell
+    # out (``live`` None: every edge, uncopied)
+    live, b, s, c, comp, grp = None, buyer, seller, cost, compliant, group
+    if not eligible.all():
+        live = np.flatnonzero(eligible)
+        b, s, c, comp = buyer[live], seller[live], cost[live], compliant[live]
+        grp = None if group is None else group[live]
+    constant_scale = len(price_scale) > 0 and bool(np.all(price_scale == price_scale[0]))
+    scale = price_scale[0] if constant_scale else price_scale[b]
+    finite = bool(np.isfinite(c).all())
+    runs = _runs(b)
+    unfilled_at: np.ndarray | slice = slice(0, 0)  # edges whose unfilled orders are set
     for _ in range(rounds):
-        in_play = (left[seller[live]] > nothing) & ((want_compliant + want_any)[buyer[live]] > 0)
+        in_play = (left[s] > nothing) & ((want_compliant + want_any)[b] > 0)  # per live edge
+        if not in_play.any():  # every buyer served or every seller sold out: nothing re-sent
+            break
         if not in_play.all():
-            live = live[in_play]
-        b, s, c, scale = buyer[live], seller[live], cost[live], price_scale[buyer[live]]
-        starts, run = _runs(b)
+            live = np.flatnonzero(in_play) if live is None else live[in_play]
+            b, s, c, comp = b[in_play], s[in_play], c[in_play], comp[in_play]
+            grp = None if grp is None else grp[in_play]
+            scale = scale if constant_scale else scale[in_play]
+            runs = _runs(b)
+        at = slice(None) if live is None else live  # where the live edges sit
+        starts, run = runs
         placed = []  # per tranche: tonnes ordered per live edge; None if no buyer wants any
-        for want, only_compliant in ((want_compliant, True), (want_any, False)):
+        for want, restrict in ((want_compliant, comp), (want_any, None)):
             wanted = want[b]  # per live edge
             if not wanted.any():
                 placed.append(None)
                 continue
-            restrict = compliant[live] if only_compliant else None
-            placed.append(wanted * _run_logit(c, restrict, starts, run, beta, scale))
+            share = _run_logit(c, restrict, starts, run, beta, scale, finite)
+            share *= wanted
+            placed.append(share)
         present = [tranche for tranche in placed if tranche is not None]
         edge_orders = (
             present[0] + present[1]
             if len(present) == 2
-            else (present[0] if present else np.zeros(len(live)))
+            else (present[0] if present else np.zeros(len(b)))
         )
         received = np.bincount(s, edge_orders, minlength=n_sellers)  # per seller
         if received.sum() <= nothing:
             break
         orders += received
-        ordered[live] += edge_orders
-        fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
+        ordered[at] += edge_orders
+        with np.errstate(over="ignore"):  # a vanishing order against a stock: filled anyway
+            fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
         edge_fill = fill[s]  # per live edge
         if rationed:
-            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, group[live], group_cap)
+            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, grp, group_cap)
         unfilled[unfilled_at] = 0.0
-        unfilled[live] = edge_orders * (1.0 - edge_fill)
-        unfilled_at = live
+        unfilled[at] = edge_orders * (1.0 - edge_fill)
+        unfilled_at = at
         for want, tranche in zip((want_compliant, want_any), placed, strict=True):
             if tranche is None:
                 continue
             got = tranche * edge_fill  # per live edge
-            flow[live] += got
+            flow[at] += got
             want[b[starts]] -= np.add.reduceat(got, starts)  # per live buyer
             np.maximum(want, 0.0, out=want)
         left -= np.bincount(s, edge_orders * edge_fill, minlength=n_sellers)
@@ -222,22 +240,29 @@ def _run_logit(
     starts: np.ndarray,
     run: np.ndarray,
     beta: float,
-    scale: np.ndarray,
+    scale: np.ndarray | float,
+    finite: bool = False,
 ) -> np.ndarray:
     """:func:`logit_shares` for edges sorted by buyer, one run of edges per buyer.
 
     ``restrict`` (per edge; None: every edge) marks the edges that may receive orders;
-    ``scale`` is the buyer's price scale per edge.
+    ``scale`` is the buyer's price scale per edge (or one for all); ``finite`` says every cost
+    is a finite number, which spares the check for undefined weights.
     """
     masked = cost if restrict is None else np.where(restrict, cost, np.inf)  # per edge
     if len(masked) == 0:
         return np.zeros(0)
     best = np.minimum.reduceat(masked, starts)  # per run
     with np.errstate(invalid="ignore", over="ignore"):
-        gap = (masked - best[run]) / scale  # per edge, >= 0, inf or nan
-        weight = np.where(np.isfinite(gap), np.exp(-beta * gap), 0.0)
+        weight = masked - best[run]  # per edge: gap to the buyer's best, >= 0, inf or nan
+        weight /= scale
+        weight *= -beta
+        np.exp(weight, out=weight)  # an infinite gap weighs 0
+    if restrict is not None or not finite:
+        weight[np.isnan(weight)] = 0.0  # a buyer with nothing eligible, or an undefined cost
     total = np.add.reduceat(weight, starts)  # per run
-    return weight / np.where(total > 0, total, 1.0)[run]
+    weight /= np.where(total > 0, total, 1.0)[run]
+    return weight
 
 
 def _unsort(values: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -45,7 +45,10 @@ def slug(product: str) -> str:
 
 
 def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
-    """Per-edge facts the price metrics select on, computed once per collected tick."""
+    """This tick's per-edge facts and metric tables (prices, dependency), computed once.
+
+    Cached by tick: read it only once the tick's trades and consumption are done (collection).
+    """
     key = (model.tick, model.steps)
     cached = getattr(model, "_metrics_edge_view", None)
     if cached is not None and cached[0] == key:
@@ -57,8 +60,8 @@ def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
 
 def _compute_edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
     w = model.world
-    e, s = w.edges, w.stocks
-    seller_c, buyer_c = s.country[e.seller], s.country[e.buyer]
+    e = w.edges
+    seller_c, buyer_c = e.seller_country, e.buyer_country  # per edge
     return {
         "seller_cn": seller_c == w.china,
         "buyer_cn": buyer_c == w.china,
@@ -109,11 +112,12 @@ def _price_table(model: RareEarthModel) -> dict[str, np.ndarray]:
         }
         table = {}
         for kind, mask in select.items():
-            prices = {
-                "alliance_landed": model.edge_landed,
-                "export_fob": model.edge_ask * (1.0 + model.world.edges.duty),  # duty paid
-            }.get(kind, model.edge_ask)
-            selected = flow * mask  # per edge: tonnes of this kind of trade
+            prices = model.edge_ask  # per edge, US$/kg
+            if kind == "alliance_landed":
+                prices = model.edge_landed
+            elif kind == "export_fob":
+                prices = prices * (1.0 + model.world.edges.duty)  # duty paid
+            selected = flow if mask is True else flow * mask  # per edge: tonnes of this kind
             traded, value = by_product(selected), by_product(selected * prices)
             # a trade counts when it is more than a billionth of the product's volume this
             # tick, so vanishing logit tails (underflowing differently at different scales)
@@ -145,23 +149,36 @@ def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
     stage: separation or magnet making), ``mined`` (mined in CN), ``route`` (mined or
     processed in CN: the route touched China).
     """
-    w = model.world
-    b = w.buyers
-    mine = w.country_bloc[b.country] == bloc
-    weight = _consumption_value_weights(model)[mine]
-    attr_mass = model.consumed_attr_t  # per buyer × attribute, t
-    consumed = b.consumed_t[mine]
-    if kind == "processed":
-        linked = attr_mass[:, w.layout.processed_cn]
-    elif kind == "route":
-        linked = attr_mass[:, w.layout.touched_cn]
-    elif kind == "separated":
-        linked = provenance.separated_in(attr_mass, w.layout, w.china)
-    else:
-        linked = provenance.mined_in(attr_mass, w.layout, w.china)
-    linked = linked[mine]  # per buyer of the bloc (selected after the column: no row copies)
-    total = (weight * consumed).sum()
-    return float((weight * linked).sum() / total) if total > 0 else float("nan")
+    return float(_dependency_table(model)[kind][bloc])
+
+
+def _dependency_table(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """Per kind (see :func:`dependency`), per bloc: this tick's dependency, computed once."""
+    v = _edge_view(model)
+    if "dependency" not in v:
+        w = model.world
+        b = w.buyers
+        bloc = w.country_bloc[b.country]  # per buyer
+        weight = _consumption_value_weights(model)  # per buyer
+        attr_mass = model.consumed_attr_t  # per buyer × attribute, t
+        linked = {  # per buyer: tonnes consumed with the link
+            "processed": attr_mass[:, w.layout.processed_cn],
+            "route": attr_mass[:, w.layout.touched_cn],
+            "separated": provenance.separated_in(attr_mass, w.layout, w.china),
+            "mined": provenance.mined_in(attr_mass, w.layout, w.china),
+        }
+        total = np.bincount(bloc, weight * b.consumed_t, minlength=len(BLOCS))  # per bloc
+        some = total > 0
+        v["dependency"] = {
+            kind: np.where(
+                some,
+                np.bincount(bloc, weight * tonnes, minlength=len(BLOCS))
+                / np.where(some, total, 1.0),
+                np.nan,
+            )
+            for kind, tonnes in linked.items()
+        }
+    return v["dependency"]
 
 
 # ------------------------------------------------------------------ production structure
@@ -190,13 +207,22 @@ def hhi(model: RareEarthModel, stage: int) -> float:
 
 def capacity(model: RareEarthModel, stage: int, bloc: int) -> float:
     """Built capacity (operating or idle) of a stage in a bloc, per year."""
-    p, w = model.world.producers, model.world
-    mask = (
-        (p.stage == stage)
-        & (w.country_bloc[p.country] == bloc)
-        & ((p.status == OPERATING) | (p.status == IDLE))
-    )
-    return float(p.capacity_t_per_yr[mask].sum())
+    return float(_stage_bloc_table(model)["capacity"][stage, bloc])
+
+
+def _stage_bloc_table(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """Per stage × bloc: built capacity and this tick's profit, computed once per tick."""
+    v = _edge_view(model)
+    if "stage_bloc" not in v:
+        p, w = model.world.producers, model.world
+        cell = p.stage * len(BLOCS) + w.country_bloc[p.country]  # per producer
+        built = (p.status == OPERATING) | (p.status == IDLE)  # per producer
+        cells, shape = len(STAGES) * len(BLOCS), (len(STAGES), len(BLOCS))
+        v["stage_bloc"] = {
+            "capacity": np.bincount(cell, p.capacity_t_per_yr * built, cells).reshape(shape),
+            "profit": np.bincount(cell, model.tick_profit, cells).reshape(shape),
+        }
+    return v["stage_bloc"]
 
 
 def utilisation(model: RareEarthModel, stage: int) -> float:
@@ -215,9 +241,7 @@ def active_producers(model: RareEarthModel, stage: int) -> float:
 
 def profit(model: RareEarthModel, stage: int, bloc: int) -> float:
     """Cash profit of producers of a stage in a bloc this tick: sales − purchases − costs."""
-    p, w = model.world.producers, model.world
-    mask = (p.stage == stage) & (w.country_bloc[p.country] == bloc)
-    return float(model.tick_profit[mask].sum())
+    return float(_stage_bloc_table(model)["profit"][stage, bloc])
 
 
 # ------------------------------------------------------------------ demand side

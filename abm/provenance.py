@@ -42,34 +42,46 @@ def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray
     )
 
 
-def lot_inflows(
-    dest: np.ndarray, source: np.ndarray, qty: np.ndarray, attrs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lots moving from source rows into destination rows, summed per destination row.
+class Routes:
+    """Fixed links from source rows to destinations; sums what moves along them per destination.
 
-    The attribute mass arriving at a row, ``Σ qty · attrs[source]`` over its lots, is one
-    sparse matrix product (destination × source rows, times the attribute table): its cost is
-    lots × attributes, and no attribute row is copied per lot.
+    The attribute mass arriving at a destination, ``Σ qty · attrs[source]`` over its links, is
+    one sparse matrix product (destinations × source rows, times the attribute table): its cost
+    is links × attributes and no attribute row is copied per lot. The sparse structure is built
+    once for links that stay the same from tick to tick (a market's edges); each call only puts
+    in the tonnes.
 
     Args:
-        dest: per lot, destination row.
-        source: per lot, source row (its attributes are the lot's).
-        qty: per lot, tonnes.
-        attrs: per row × attribute, the table the source rows index.
-
-    Returns:
-        Destination rows (unique, increasing), tonnes and attribute mass (t × attribute) per row.
+        dest: per link, its destination key (a row, or any integer that groups links).
+        source: per link, its source row.
+        n_rows: rows of the attribute tables the source rows index.
 
     """
-    if len(dest) and not bool(np.all(dest[1:] >= dest[:-1])):
-        order = np.argsort(dest, kind="stable")
-        dest, source, qty = dest[order], source[order], qty[order]
-    starts = run_starts(dest)  # per destination row: its first lot
-    weights = sparse.csr_array(
-        (qty, source, np.append(starts, len(dest))), shape=(len(starts), len(attrs))
-    )  # per destination row × source row: tonnes
-    inflow = np.add.reduceat(qty, starts) if len(dest) else qty[:0]
-    return dest[starts], inflow, weights @ attrs
+
+    def __init__(self, dest: np.ndarray, source: np.ndarray, n_rows: int) -> None:
+        ordered = len(dest) < 2 or bool(np.all(dest[1:] >= dest[:-1]))
+        self.order = None if ordered else np.argsort(dest, kind="stable")  # per link
+        dest = dest if self.order is None else dest[self.order]
+        source = source if self.order is None else source[self.order]
+        self.starts = run_starts(dest)  # per destination: its first link
+        self.dest = dest[self.starts]  # per destination: its key (unique, increasing)
+        self._tonnes = sparse.csr_array(
+            (np.zeros(len(dest)), source, np.append(self.starts, len(dest))),
+            shape=(len(self.starts), n_rows),
+        )  # per destination × source row: tonnes moving (filled in by each call)
+
+    def inflows(self, qty: np.ndarray, attrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tonnes and attribute mass (t × attribute) arriving at each destination.
+
+        Args:
+            qty: per link, tonnes moving (zero where nothing moves).
+            attrs: per source row × attribute, the lots' attributes.
+
+        """
+        moving = qty if self.order is None else qty[self.order]  # per link, by destination
+        self._tonnes.data[:] = moving
+        inflow = np.add.reduceat(moving, self.starts) if len(moving) else moving
+        return inflow, self._tonnes @ attrs
 
 
 def mix_into(
@@ -148,12 +160,14 @@ def origin_matrix(attrs: np.ndarray, layout: Layout) -> np.ndarray:
 
 def mined_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     """Share of each lot mined in ``country``."""
-    return origin_matrix(attrs, layout)[..., country, :].sum(axis=-1)
+    row = layout.origin_cell(country, 0)  # the country's row of the origin matrix: a slice
+    return attrs[..., row : row + layout.n_countries + 1].sum(axis=-1)
 
 
 def separated_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     """Share of each lot separated into oxides in ``country``."""
-    return origin_matrix(attrs, layout)[..., :, country].sum(axis=-1)
+    # the country's column of the origin matrix: every (n + 1)-th cell, read in place
+    return attrs[..., country : layout.n_origin : layout.n_countries + 1].sum(axis=-1)
 
 
 def is_compliant(attrs: np.ndarray, layout: Layout, de_minimis_share: float) -> np.ndarray:

@@ -64,7 +64,8 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __init__(self, tick: int | None, ticks: int) -> None:
         self.tick, self.ticks = tick, ticks
-        super().__init__(f"interrupted at tick {tick} of {ticks}")
+        when = "while building the model" if tick is None else f"at tick {tick} of {ticks}"
+        super().__init__(f"interrupted {when}")
 
 
 @dataclass

@@ -184,6 +184,8 @@ class Edges:
     seller: np.ndarray  # per edge: seller stock row
     buyer: np.ndarray  # per edge: buyer stock row
     product: np.ndarray  # per edge
+    seller_country: np.ndarray  # per edge: the seller's country index (fixed)
+    buyer_country: np.ndarray  # per edge: the buyer's country index (fixed)
     transport_usd_per_kg: np.ndarray  # per edge, in force (after preferences)
     base_transport_usd_per_kg: np.ndarray  # per edge, from the transport table
     lead_ticks: np.ndarray  # per edge
@@ -212,9 +214,9 @@ class World:
     stocks: Stocks
     edges: Edges
     transit_t: np.ndarray  # ring slot × row: quantities arriving at ticks ≡ slot (mod slots)
-    # per ring slot: (rows, row × attribute mass) of each shipment arriving then; sparse, as
-    # only rows with something on the way take room
-    transit_attr_t: list[list[tuple[np.ndarray, np.ndarray]]]
+    # per ring slot: (rows, tonnes per row, row × attribute mass) of each shipment arriving
+    # then; sparse, as only rows with something on the way take room
+    transit_attr_t: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
     reserve_rows: tuple[int, int] | None  # the reserve's (input, output) rows, if any
     reference_price: np.ndarray  # per product: initial price, the logit's price scale
 
@@ -626,6 +628,8 @@ def _build_edges(
         seller=seller,
         buyer=buyer,
         product=stocks.product[seller],
+        seller_country=origin,
+        buyer_country=dest,
         transport_usd_per_kg=cost_table[origin, dest],
         base_transport_usd_per_kg=cost_table[origin, dest],
         lead_ticks=lead_table[origin, dest],

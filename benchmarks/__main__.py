@@ -77,32 +77,64 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _target(name: str, figure: float | None, limit: float, at_least: bool, unit: str) -> dict:
-    met = None if figure is None else (figure >= limit if at_least else figure <= limit)
+def _target(
+    name: str,
+    figure: float | None,
+    limit: float,
+    at_least: bool,
+    unit: str,
+    cpu_figure: float | None = None,
+) -> dict[str, Any]:
+    """A target with its wall-clock figure and, where it applies, the same from CPU time."""
+
+    def met(value: float | None) -> bool | None:
+        return None if value is None else (value >= limit if at_least else value <= limit)
+
     return {
         "target": name,
         "figure": figure,
+        "cpu_figure": cpu_figure,
         "limit": limit,
         "unit": unit,
         "comparison": ">=" if at_least else "<=",
-        "met": met,
+        "met": met(figure),
+        "met_on_cpu_time": met(cpu_figure),
     }
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of the issue with the measured figure, met or not (None: not measured)."""
+    """Each target of the issue with the measured figure, met or not (None: not measured).
+
+    The figure is wall-clock time, as the issue asks; the CPU-time figure beside it is what the
+    same run would show without other work on the machine (wall well above CPU: contention).
+    """
     out = []
     base = results.get("baseline", {})
     if "sim_s" in base:
-        out.append(_target("baseline 240 ticks: simulation", base["sim_s"], 1.0, False, "s"))
-        overhead = base["sim_s"] / base["sim_no_collect_s"] - 1
-        out.append(_target("baseline: data collection adds", 100 * overhead, 20, False, "%"))
+        out.append(
+            _target(
+                "baseline 240 ticks: simulation", base["sim_s"], 1.0, False, "s", base["sim_cpu_s"]
+            )
+        )
+        within = 100 * base["collection_overhead"]
+        out.append(_target("baseline: data collection adds", within, 20, False, "%"))
     scaling = {r["n_buyers"]: r for r in results.get("scaling", []) if "ticks_per_s" in r}
     for size, limit in ((10_000, 25.0), (100_000, 3.0)):
-        figure = scaling[size]["ticks_per_s"] if size in scaling else None
-        out.append(_target(f"{size:,} buyers", figure, limit, True, "ticks/s"))
+        record = scaling.get(size)
+        out.append(
+            _target(
+                f"{size:,} buyers",
+                record["ticks_per_s"] if record else None,
+                limit,
+                True,
+                "ticks/s",
+                1 / record["tick_cpu_s"] if record else None,
+            )
+        )
     if "exponent" in results:
-        out.append(_target("cost exponent", results["exponent"], 1.1, False, ""))
+        out.append(
+            _target("cost exponent", results["exponent"], 1.1, False, "", results["exponent_cpu"])
+        )
     for record in results.get("clearing", []):
         if record.get("n_buyers") == 10_000 and "speedup" in record:
             out.append(
@@ -131,12 +163,14 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 
 def _baseline_table(base: dict[str, Any]) -> str:
-    overhead = 100 * (base["sim_s"] / base["sim_no_collect_s"] - 1)
+    between = 100 * (base["sim_s"] / base["sim_no_collect_s"] - 1)
+    within = 100 * base["collection_overhead"]
     header = ["import s", "set-up s", "of it warm-up s", "sim s", "sim CPU s"]
-    header += ["sim w/o collection s", "collection %", "peak MiB"]
+    header += ["sim w/o collection s", "collection % (in run)", "(between runs)", "peak MiB"]
     row = [base["import_s"], base["scenario_s"] + base["setup_s"], base["warmup_s"]]
     row += [base["sim_s"], base["sim_cpu_s"], base["sim_no_collect_s"]]
-    cells = [f"{x:.3f}" for x in row] + [f"{overhead:.1f}", f"{base['peak_rss_mib']:.0f}"]
+    cells = [f"{x:.3f}" for x in row]
+    cells += [f"{within:.1f}", f"{between:.1f}", f"{base['peak_rss_mib']:.0f}"]
     title = f"1. Baseline scenario, {base['ticks']} ticks (best of {base['repeats']})"
     return _table(title, header, [cells])
 
@@ -198,16 +232,23 @@ def _sweep_table(sweep: dict[str, Any]) -> str:
 
 def _targets_table(found: list[dict[str, Any]]) -> str:
     verdict = {True: "met", False: "NOT met", None: "not measured"}
+
+    def shown(value: float | None, unit: str) -> str:
+        return "-" if value is None else f"{value:.3g} {unit}".strip()
+
     rows = [
         [
             t["target"],
             f"{t['comparison']} {t['limit']:g} {t['unit']}".strip(),
-            "-" if t["figure"] is None else f"{t['figure']:.3g} {t['unit']}".strip(),
+            shown(t["figure"], t["unit"]),
             verdict[t["met"]],
+            shown(t["cpu_figure"], t["unit"]),
+            "" if t["cpu_figure"] is None else verdict[t["met_on_cpu_time"]],
         ]
         for t in found
     ]
-    return _table("Targets (issue #4)", ["target", "limit", "measured", ""], rows)
+    header = ["target", "limit", "measured (wall)", "", "from CPU time", ""]
+    return _table("Targets (issue #4)", header, rows)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -227,6 +268,17 @@ def report(results: dict[str, Any]) -> str:
     parts += [f"\n{r['case']}: FAILED ({r['error']})" for r in errors]
     if results.get("targets"):
         parts.append(_targets_table(results["targets"]))
+    load = (
+        results["machine"]["load_average_at_start"][0],
+        results["machine"]["load_average_at_end"][0],
+    )
+    ratio = results.get("contention")
+    parts.append(
+        f"\nload average {load[0]:.1f} at the start, {load[1]:.1f} at the end on "
+        f"{results['machine']['cpus']} CPUs"
+        + ("" if ratio is None else f"; wall / CPU time of the simulations {ratio:.2f}")
+        + (" (other work shared the machine)" if ratio is not None and ratio > 1.2 else "")
+    )
     return "\n".join(parts)
 
 
@@ -234,6 +286,14 @@ def _records(section: Any) -> list[dict[str, Any]]:
     if isinstance(section, list):
         return section
     return [section] if isinstance(section, dict) and "case" in section else []
+
+
+def _contention(results: dict[str, Any]) -> float | None:
+    """Median wall / CPU time of the timed simulations: about 1 on a machine of one's own."""
+    base = results.get("baseline", {})
+    ratios = [base["sim_s"] / base["sim_cpu_s"]] if "sim_s" in base else []
+    ratios += [r["tick_s"] / r["tick_cpu_s"] for r in results.get("scaling", []) if "tick_s" in r]
+    return float(np.median(ratios)) if ratios else None
 
 
 def run(sections: tuple[str, ...], quick: bool) -> dict[str, Any]:
@@ -247,9 +307,9 @@ def run(sections: tuple[str, ...], quick: bool) -> dict[str, Any]:
         results["scaling"] = [_case("scaling", n) for n in sizes]
         done = [r for r in results["scaling"] if "tick_s" in r]
         if len(done) >= 2:
-            results["exponent"] = fitted_exponent(
-                [r["n_buyers"] for r in done], [r["tick_s"] for r in done]
-            )
+            sizes = [r["n_buyers"] for r in done]
+            results["exponent"] = fitted_exponent(sizes, [r["tick_s"] for r in done])
+            results["exponent_cpu"] = fitted_exponent(sizes, [r["tick_cpu_s"] for r in done])
     if "clearing" in sections:
         results["clearing"] = [_case("clearing", n) for n in CLEARING_SIZES]
     if "sweep" in sections and not quick:
@@ -257,6 +317,7 @@ def run(sections: tuple[str, ...], quick: bool) -> dict[str, Any]:
 
         results["sweep"] = sweep_throughput()
     results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["contention"] = _contention(results)
     results["wall_s"] = time.perf_counter() - started
     results["targets"] = targets(results)
     return results

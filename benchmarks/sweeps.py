@@ -42,23 +42,26 @@ def _sweep_file(folder: Path) -> Path:
     return path
 
 
-def _abm_sweep(workers: int) -> float:
+def _abm_sweep(workers: int) -> tuple[float, int]:
+    """Wall seconds of the sweep, and how many of its runs finished ``ok``."""
     from abm.sweeps import sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _sweep_file(Path(tmp))
         start = time.perf_counter()
-        sweep(path, workers=workers, out=Path(tmp) / "runs", progress=False, analyze=False)
-        return time.perf_counter() - start
+        done = sweep(path, workers=workers, out=Path(tmp) / "runs", progress=False, analyze=False)
+        wall = time.perf_counter() - start
+        return wall, int((done.experiments["status"] == "ok").sum())
 
 
-def _batch_run(processes: int) -> float:
+def _batch_run(processes: int) -> tuple[float, int]:
+    """Wall seconds of ``mesa.batch_run`` on the grid, and how many runs it returned."""
     import mesa
 
     from abm.model import RareEarthModel
 
     start = time.perf_counter()
-    mesa.batch_run(
+    rows = mesa.batch_run(
         RareEarthModel,
         parameters=GRID,
         number_processes=processes,
@@ -67,7 +70,7 @@ def _batch_run(processes: int) -> float:
         data_collection_period=-1,
         display_progress=False,
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, len({row["RunId"] for row in rows})
 
 
 def sweep_throughput() -> dict[str, Any]:
@@ -82,7 +85,9 @@ def sweep_throughput() -> dict[str, Any]:
     engines = []
     for engine, measure in (("abm.sweeps (Dask)", _abm_sweep), ("mesa.batch_run", _batch_run)):
         for workers in (1, 2):
-            wall = measure(workers)
+            wall, finished = measure(workers)
+            if finished != runs:  # a sweep that lost runs is not faster, it is broken
+                return {"error": f"{engine} with {workers} workers finished {finished}/{runs} runs"}
             engines.append(
                 {
                     "engine": engine,

@@ -20,7 +20,7 @@ import copy
 import re
 
 import yaml
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from abm import RareEarthModel
@@ -85,6 +85,10 @@ GARBAGE = st.one_of(
 )
 
 
+MUTATIONS = ["replace", "replace", "delete", "unknown", "empty", "scale", "scale", "scale", "swap"]
+COUNTRIES = list(BASE["countries"])
+
+
 def _parent(data, path):
     node = data
     for key in path[:-1]:
@@ -100,8 +104,13 @@ def mutated_scenarios(draw) -> tuple[dict, list[str]]:
         live = [p for p in PATHS if _exists(data, p)]
         path = draw(st.sampled_from(live))
         parent, key = _parent(data, path), path[-1]
-        kind = draw(st.sampled_from(["replace", "replace", "delete", "unknown", "empty"]))
-        if kind == "replace":
+        kind = draw(st.sampled_from(MUTATIONS))
+        value = parent[key]
+        if kind == "scale" and isinstance(value, int | float) and not isinstance(value, bool):
+            parent[key] = type(value)(value * draw(st.sampled_from([0, 0.1, 0.5, 2, 10, 1000])))
+        elif kind == "swap" and isinstance(value, str) and value in COUNTRIES:
+            parent[key] = draw(st.sampled_from(COUNTRIES))
+        elif kind == "replace":
             parent[key] = draw(GARBAGE)
         elif kind == "delete":
             del parent[key]
@@ -134,7 +143,9 @@ def test_mutated_scenarios_fail_cleanly_or_keep_every_invariant(case):
         scenario = build_scenario(data, "fuzz.yaml")
     except ScenarioError as err:
         assert_clean(err)
+        event("rejected with a ScenarioError")
         return
+    event("valid: ran, every invariant kept")
     run_checked(RareEarthModel(scenario, rng=0), scenario.ticks)
 
 
@@ -196,6 +207,9 @@ def test_random_set_overrides_give_a_clean_error_or_a_valid_scenario(text):
         load_scenario(SMALL, [text])
     except ScenarioError as err:
         assert "\n" not in str(err)
+        event("rejected with a ScenarioError")
+    else:
+        event("valid")
 
 
 # ------------------------------------------------------------------ random worlds and policies
@@ -267,6 +281,12 @@ def worlds_with_policies(draw) -> dict:
             "release_trigger_usd_per_kg": buy * draw(st.floats(1.01, 10)),
             "target_months": draw(st.floats(0, 24)),
         }
+    # the reserve's stock holds one product; offtake floors buy into it (scenario validation)
+    held = policies.get("reserve", {}).get("product")
+    for rule in policies["price_floors"]:
+        if rule["mechanism"] == "offtake":
+            held = held or rule["product"]
+            rule["product"] = held
     raw["policies"] = policies
     producers = [p["name"] for p in raw["mines"] + raw["processors"] + raw["projects"]]
     event = st.fixed_dictionaries(
@@ -290,7 +310,7 @@ def worlds_with_policies(draw) -> dict:
     return raw
 
 
-@fuzz(80)
+@fuzz(150)
 @given(worlds_with_policies())
 def test_random_worlds_under_random_policies_keep_every_invariant(raw):
     note(f"policies: {raw['policies']}; events: {raw['events']}")
@@ -299,5 +319,7 @@ def test_random_worlds_under_random_policies_keep_every_invariant(raw):
     except ScenarioError as err:  # only a world the standing policies cut off from supply
         assert_clean(err)
         assert any(text in str(err) for text in SUPPLY_CUT), str(err)
+        event("rejected: the standing policies cut off supply")
         return
+    event("ran, every invariant kept")
     run_checked(RareEarthModel(scenario, rng=0), raw["ticks"])

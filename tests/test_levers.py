@@ -167,3 +167,20 @@ def test_mesa_batch_run_drives_the_model_with_levers():
     row = table[(table["tariff_rate"] == 0.3) & (table["iteration"] == 1)].iloc[0]
     columns = [c for c in mine.index if np.isfinite(mine[c])]
     assert row[columns].astype(float).tolist() == mine[columns].astype(float).tolist()
+
+
+def test_levers_reach_event_settings_of_one_list_entry():
+    floor = {"product": "oxide:NdPr", "level_usd_per_kg": 70, "mechanism": "price_gap_subsidy"}
+    overrides = {
+        "policies.price_floors": [floor],
+        "events": [
+            {"at": 3, "set": {"policies.price_floors.0": {**floor, "level_usd_per_kg": 90}}},
+            {"at": 5, "set": {"policies.price_floors.0.level_usd_per_kg": 95}},
+        ],
+    }
+    raised = resolve(SMALL, overrides, floor_level_usd_per_kg=100)
+    assert raised.policies.price_floors[0].level_usd_per_kg == 100
+    assert raised.events[0].set["policies.price_floors.0"]["level_usd_per_kg"] == 100
+    assert raised.events[1].set == {"policies.price_floors.0.level_usd_per_kg": 100}
+    removed = resolve(SMALL, overrides, floor_level_usd_per_kg=0)
+    assert removed.policies.price_floors == [] and [e.set for e in removed.events] == [{}, {}]

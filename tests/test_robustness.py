@@ -577,6 +577,13 @@ BREAKS = [
     ),
     (lambda m: m.world.transit_t.__setitem__((0, 0), np.inf), "in_transit_t", "'mine'"),
     (
+        lambda m: m.world.stocks.attrs.__setitem__(
+            (_mine_stock_row(m), m.world.layout.touched_cn), 1.5
+        ),
+        "touched-China share",
+        "'mine'",
+    ),
+    (
         lambda m: setattr(m, "mined_t_total", m.mined_t_total + 50.0),
         "mass_balance_error_t",
         "world",
@@ -743,3 +750,44 @@ def test_ten_thousand_ticks_keep_every_invariant():
     assert not np.isinf(numbers).any()
     assert long.model.consumed_reo_t_total > 0
     assert abs(long.model.mass_balance_error_t()) <= 1e-9 * long.model.mined_t_total
+
+
+# ------------------------------------------------------------------ bad sweep files
+
+SWEEP = {
+    "name": "robust",
+    "scenario": str(SMALL),
+    "ticks": 2,
+    "parameters": {"logit_beta": {"values": [4, 8]}},
+}
+BAD_SWEEPS = [
+    ({"colour": "red"}, "colour = 'red': unknown key"),
+    ({"name": "../escape"}, "name = '../escape'"),
+    ({"replicates": 0}, "replicates = 0"),
+    ({"design": "random"}, "design = 'random'"),
+    ({"parameters": {}}, "parameters = {}"),
+    ({"parameters": {"no_such_lever": {"values": [1]}}}, "no_such_lever"),
+    ({"parameters": {"logit_beta": {"values": [-4]}}}, "logit_beta"),
+    ({"parameters": {"logit_beta": {"values": [".inf"]}}}, "logit_beta"),
+    ({"scenario": "nowhere.yaml"}, "scenario = 'nowhere.yaml': no such scenario file"),
+    ({"set": {"market.logit_beta": float("inf")}}, "market.logit_beta"),
+    ({"set": {"mines.0.capacity_t_per_yr": True}}, "mines.0.capacity_t_per_yr"),
+]
+
+
+@pytest.mark.parametrize(("change", "text"), BAD_SWEEPS)
+def test_cli_bad_sweep_files_exit_2_and_write_nothing(tmp_path, abm, change, text):
+    path = _write(tmp_path, "sweep.yaml", yaml.safe_dump({**SWEEP, **change}))
+    out = tmp_path / "runs"
+    status, lines = abm("sweep", path, "--workers", 0, "--out", out)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("abm: error:"), lines
+    assert text in lines[0], lines
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "content", "text"), BAD_FILES[:10])
+def test_cli_bad_sweep_file_formats_exit_2(tmp_path, abm, name, content, text):
+    path = _write(tmp_path, name, content)
+    status, lines = abm("sweep", path, "--workers", 0, "--out", tmp_path / "runs")
+    assert status == 2 and len(lines) == 1 and name in lines[0], lines
+    assert not (tmp_path / "runs").exists()
