@@ -29,10 +29,10 @@ from abm.world import (
     IDLE,
     NEVER,
     OPERATING,
+    OUTPUT,
     PLANNED,
     RESERVE,
     STATUS,
-    captive_pairs,
 )
 
 if TYPE_CHECKING:
@@ -232,20 +232,21 @@ class Producer(mesa.Agent):
         own = Producer.unit_margin(model, market_view=False)
         market = Producer.market_margin(model)
         operating = p.status == OPERATING
-        price_now = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)
+        price = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)  # expected unit revenue
+        market_price = np.abs(market + p.unit_cost_usd_per_kg)
         fixed = inv.fixed_cost_share * p.unit_cost_usd_per_kg  # per kg of capacity
         # below cost beyond rounding, or selling too little to pay the fixed costs
-        idle_capacity_loss = (own + fixed) * p.utilisation_history < fixed - 1e-9 * price_now
+        idle_capacity_loss = (own + fixed) * p.utilisation_history < fixed - 1e-9 * price
         # ... while the market's prices do not cover its cost either: in a glut every seller's
         # ask sinks to its own floor, and only those the market price leaves short idle (the
         # dearest first), not a whole industry in the same month
-        market_short = market < -1e-9 * np.abs(market + p.unit_cost_usd_per_kg)
-        losing = operating & ((own < -1e-9 * price_now) | idle_capacity_loss) & market_short
+        market_short = market < -1e-9 * market_price
+        losing = operating & ((own < -1e-9 * price) | idle_capacity_loss) & market_short
         p.loss_months = np.where(losing, p.loss_months + 1, 0)
         # the counters count ticks; the rules are in months
         to_idle = operating & (p.loss_months >= model.months_to_ticks(inv.loss_months_to_idle))
         idle = p.status == IDLE
-        restart = idle & (market > 1e-9 * np.abs(market + p.unit_cost_usd_per_kg))
+        restart = idle & (market > 1e-9 * market_price)
         p.idle_months = np.where(idle & ~restart, p.idle_months + 1, 0)
         close = idle & ~restart & (p.idle_months >= model.months_to_ticks(inv.idle_months_to_close))
         p.status = np.where(to_idle, IDLE, p.status)
@@ -254,7 +255,6 @@ class Producer(mesa.Agent):
         p.capacity_t_per_yr = np.where(close, 0.0, p.capacity_t_per_yr)
         p.pending_capacity_t_per_yr = np.where(close, 0.0, p.pending_capacity_t_per_yr)
         model.exits_total += int(close.sum())
-        price = np.maximum(own + p.unit_cost_usd_per_kg, 1e-9)  # expected unit revenue
         w = model.config.market.expectation_smoothing
         p.margin_history = (1 - w) * p.margin_history + w * own / price
 
@@ -329,7 +329,7 @@ def _has_a_plant(model: RareEarthModel, starting: np.ndarray) -> np.ndarray:
     An integrated project's mine is not built before its own separation plant is decided.
     """
     p = model.world.producers
-    mines, plants = captive_pairs(model.config, p.names)
+    mines, plants = model.world.captive
     ok = np.ones(len(p.names), dtype=bool)
     if len(mines):
         plant_there = (p.status[plants] != PLANNED) & (p.status[plants] != CLOSED) | starting[
@@ -745,6 +745,18 @@ class StrategicReserve(mesa.Agent):
         return self.model.months_to_ticks(cfg.target_months) * self.owner_need_t()
 
     @staticmethod
+    def _compliant_stock(model: RareEarthModel, product: int) -> np.ndarray:
+        """Producers' output rows of a product holding compliant stock (what a reserve buys)."""
+        s = model.world.stocks
+        return np.flatnonzero(
+            (s.product == product)
+            & (s.role == OUTPUT)
+            & (s.owner_kind != RESERVE)
+            & (s.qty_t > 0)
+            & model.compliant_rows(np.arange(len(s.qty_t)))
+        )
+
+    @staticmethod
     def seed(model: RareEarthModel) -> None:
         """Put the reserve's ``initial_stock_t`` in place (at the start, after the warm-up).
 
@@ -760,13 +772,7 @@ class StrategicReserve(mesa.Agent):
         w, s = model.world, model.world.stocks
         held_in = self.rows[0]
         product = s.product[held_in]
-        sellers = np.flatnonzero(
-            (s.product == product)
-            & (s.role == 0)
-            & (s.owner_kind != RESERVE)
-            & (s.qty_t > 0)
-            & model.compliant_rows(np.arange(len(s.qty_t)))
-        )
+        sellers = StrategicReserve._compliant_stock(model, product)
         if len(sellers):
             weight = s.qty_t[sellers]
             attrs = (weight[:, None] * s.attrs[sellers]).sum(axis=0) / weight.sum()
@@ -834,13 +840,7 @@ class StrategicReserve(mesa.Agent):
         for floor in model.config.policies.price_floors:
             if floor.mechanism != "offtake" or w.products.index(floor.product) != product:
                 continue
-            sellers = np.flatnonzero(
-                (s.product == product)
-                & (s.role == 0)
-                & (s.owner_kind != RESERVE)
-                & model.compliant_rows(np.arange(len(s.qty_t)))
-                & (s.qty_t > 0)
-            )
+            sellers = StrategicReserve._compliant_stock(model, product)
             if len(sellers) == 0:
                 continue
             volume = floor.offtake_t_per_yr / model.config.ticks_per_year

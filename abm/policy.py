@@ -311,14 +311,15 @@ class PolicyState:
         cut = np.minimum(ask, cfg.export_price_fraction * cost_floor)
         return np.where(exports & covered, cut, ask)
 
-    def _border_floors(self, product: int) -> list[float]:
-        """Levels of the border-adjusted floors on a product (US$/kg)."""
+    def floor_levels(self, *mechanisms: str) -> np.ndarray:
+        """Per product: the highest floor level of the given mechanisms in force (0: none)."""
         w = self.model.world
-        return [
-            floor.level_usd_per_kg
-            for floor in self.model.config.policies.price_floors
-            if floor.mechanism == "border_adjusted" and w.products.index(floor.product) == product
-        ]
+        levels = np.zeros(len(w.products))
+        for floor in self.model.config.policies.price_floors:
+            if floor.mechanism in mechanisms:
+                p = w.products.index(floor.product)
+                levels[p] = max(levels[p], floor.level_usd_per_kg)
+        return levels
 
     def _to_alliance(self, sl: slice) -> np.ndarray:
         """Per edge of a market: the buyer is in the alliance."""
@@ -335,21 +336,21 @@ class PolicyState:
         :meth:`border_levy`, so no covered material lands in the alliance below F. Buyers, not
         taxpayers, pay for it (the contrast with a price-gap subsidy).
         """
-        levels = self._border_floors(product)
-        if not levels:
+        level = self.floor_levels("border_adjusted")[product]
+        if level <= 0:
             return ask
-        return np.where(compliant & self._to_alliance(sl), np.maximum(ask, max(levels)), ask)
+        return np.where(compliant & self._to_alliance(sl), np.maximum(ask, level), ask)
 
     def border_levy(
         self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
     ) -> np.ndarray:
         """Per edge: variable levy max(0, F − ask) on non-compliant imports into the alliance."""
         e, s = self.model.world.edges, self.model.world.stocks
-        levels = self._border_floors(product)
-        if not levels:
+        level = self.floor_levels("border_adjusted")[product]
+        if level <= 0:
             return np.zeros(len(ask))
         imported = s.country[e.seller[sl]] != s.country[e.buyer[sl]]
-        levy = np.where(self._to_alliance(sl) & imported & ~compliant, max(levels) - ask, 0.0)
+        levy = np.where(self._to_alliance(sl) & imported & ~compliant, level - ask, 0.0)
         return np.maximum(levy, 0.0)
 
     def floor_payments(
@@ -386,13 +387,8 @@ class PolicyState:
         where F covers its unit cost any ask is worth taking: its floor drops to zero and it
         can undercut to sell its output (the subsidy pays the gap).
         """
-        model = self.model
-        w, s = model.world, model.world.stocks
-        levels = np.zeros(len(w.products))
-        for rule in model.config.policies.price_floors:
-            if rule.mechanism == "price_gap_subsidy":
-                p = w.products.index(rule.product)
-                levels[p] = max(levels[p], rule.level_usd_per_kg)
+        model, s = self.model, self.model.world.stocks
+        levels = self.floor_levels("price_gap_subsidy")
         if not levels.any():
             return floor
         level = levels[s.product[rows]]  # per row
@@ -405,13 +401,7 @@ class PolicyState:
         Subsidy and offtake floors guarantee F to the producer; a border-adjusted floor only
         protects the alliance market, so it does not count here.
         """
-        w = self.model.world
-        out = np.zeros(len(w.products))
-        for floor in self.model.config.policies.price_floors:
-            if floor.mechanism in ("price_gap_subsidy", "offtake"):
-                p = w.products.index(floor.product)
-                out[p] = max(out[p], floor.level_usd_per_kg)
-        return out
+        return self.floor_levels("price_gap_subsidy", "offtake")
 
     # ------------------------------------------------------------------ China's pricing mode
 

@@ -218,6 +218,7 @@ class World:
     # then; sparse, as only rows with something on the way take room
     transit_attr_t: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
     reserve_rows: tuple[int, int] | None  # the reserve's (input, output) rows, if any
+    captive: tuple[np.ndarray, np.ndarray]  # per ``sells_to`` link: (mine, plant) producer
     reference_price: np.ndarray  # per product: initial price, the logit's price scale
 
 
@@ -386,7 +387,8 @@ def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
     )
 
     stocks = _build_stocks(s, rows, layout, producers, buyers, products, recipe)
-    edges = _build_edges(s, stocks, producers, layout, products, rng)
+    captive = captive_pairs(s, producers.names)
+    edges = _build_edges(s, stocks, producers, layout, products, captive, rng)
     # longest transport lead plus the longest licensing delay the schema allows
     slots = int(edges.lead_ticks.max(initial=0)) + round(24 * s.ticks_per_year / 12) + 1
     n_rows = len(stocks.qty_t)
@@ -406,6 +408,7 @@ def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
         transit_attr_t=[[] for _ in range(slots)],
         reference_price=np.array([s.initial_prices_usd_per_kg[p] for p in products]),
         reserve_rows=reserve_rows,
+        captive=captive,
     )
 
 
@@ -525,13 +528,20 @@ def captive_pairs(s: Scenario, names: list[str]) -> tuple[np.ndarray, np.ndarray
 
 
 def _captive_supply_allows(
-    s: Scenario, producers: Producers, stocks: Stocks, seller: np.ndarray, buyer: np.ndarray
+    captive: tuple[np.ndarray, np.ndarray],
+    n: int,
+    stocks: Stocks,
+    seller: np.ndarray,
+    buyer: np.ndarray,
 ) -> np.ndarray:
-    """Per concentrate edge: allowed by the seller's ``sells_to`` list (empty: any buyer)."""
-    mines, plants = captive_pairs(s, producers.names)
+    """Per concentrate edge: allowed by the seller's ``sells_to`` list (empty: any buyer).
+
+    ``captive`` are the (mine, plant) links of :func:`captive_pairs`; ``n`` is the number of
+    producers.
+    """
+    mines, plants = captive
     if len(mines) == 0:
         return np.ones(len(seller), dtype=bool)
-    n = len(producers.names)
     captive = np.zeros(n, dtype=bool)  # per producer: sells only to listed plants
     captive[mines] = True
     seller_owner = stocks.owner[seller]  # per edge: both are producers in this market
@@ -591,6 +601,7 @@ def _build_edges(
     producers: Producers,
     layout: Layout,
     products: list[str],
+    captive: tuple[np.ndarray, np.ndarray],
     rng: np.random.Generator | None = None,
 ) -> Edges:
     """Default rule: every seller row of a product to every buyer row of it.
@@ -614,7 +625,7 @@ def _build_edges(
             & (stocks.owner[s_flat] == stocks.owner[b_flat])
         )
         if p == 0:
-            keep &= _captive_supply_allows(s, producers, stocks, s_flat, b_flat)
+            keep &= _captive_supply_allows(captive, len(producers.names), stocks, s_flat, b_flat)
         sellers_all.append(s_flat[keep])
         buyers_all.append(b_flat[keep])
         n = int(keep.sum())
