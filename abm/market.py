@@ -34,9 +34,13 @@ def landed_cost(
 ) -> np.ndarray:
     """Landed cost per kg on each edge: ask·(1+duty)·(1+tariff) + levy + transport + premium.
 
-    All arguments are per edge (US$/kg or ad valorem shares); returns US$/kg per edge.
+    All arguments are per edge (US$/kg or ad valorem shares); returns US$/kg per edge. Terms
+    that are zero on every edge are skipped (the same numbers, fewer passes over the edges).
     """
-    return ask * (1.0 + duty) * (1.0 + tariff) + levy + transport + premium
+    cost = ask * (1.0 + duty) if np.any(duty) else ask
+    cost = cost * (1.0 + tariff) if np.any(tariff) else cost
+    cost = cost + levy if np.any(levy) else cost
+    return cost + transport + premium
 
 
 def _group_min(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -99,10 +103,11 @@ def clear(
     min_compliant_share: np.ndarray,
     available: np.ndarray,
     beta: float,
-    price_scale: np.ndarray,
+    price_scale: np.ndarray | float,
     rounds: int,
     group: np.ndarray | None = None,
     group_cap: np.ndarray | None = None,
+    buyer_starts: np.ndarray | None = None,
 ) -> Clearing:
     """Route orders by logit choice, ration oversubscribed sellers proportionally, re-send.
 
@@ -126,11 +131,13 @@ def clear(
         min_compliant_share: per buyer, share of demand that must be compliant.
         available: per seller, tonnes offered.
         beta: logit sensitivity.
-        price_scale: per buyer reference price.
+        price_scale: per buyer reference price (or one for every buyer).
         rounds: number of order rounds (>= 1).
         group: per edge, export-control group or -1 (optional).
         group_cap: per group, tonnes that may still pass (updated in place); orders beyond it
             are rationed proportionally, like a seller's stock.
+        buyer_starts: first edge of each buyer's run, if the caller knows them: the edges are
+            then taken to be sorted by buyer. Computed otherwise.
 
     Returns:
         Flows per edge, orders per seller and unmet demand per buyer. Flows never exceed what a
@@ -140,82 +147,94 @@ def clear(
 
     """
     order = None
-    if len(buyer) > 1 and not bool(np.all(buyer[1:] >= buyer[:-1])):
+    if buyer_starts is None and len(buyer) > 1 and not bool(np.all(buyer[1:] >= buyer[:-1])):
         order = np.argsort(buyer, kind="stable")  # per edge, by buyer
         cost, seller, buyer = cost[order], seller[order], buyer[order]
         eligible, compliant = eligible[order], compliant[order]
         group = None if group is None else group[order]
+        buyer_starts = None
     n_sellers, n_edges = len(available), len(cost)
     nothing = _tiny(available, demand)
     left = available.astype(float).copy()  # per seller
     want_compliant = demand * min_compliant_share  # per buyer
     want_any = demand - want_compliant  # per buyer
-    flow = np.zeros(n_edges)  # per edge
+    any_compliant = bool(want_compliant.any())  # a compliant tranche in any round
     orders = np.zeros(n_sellers)  # per seller
-    ordered = np.zeros(n_edges)  # per edge
-    unfilled = np.zeros(n_edges)  # per edge
     rationed = group is not None and group_cap is not None and len(group_cap) > 0
-    # the edges in play, as compacted copies that shrink as buyers are served and sellers sell
-    # out (``live`` None: every edge, uncopied)
-    live, b, s, c, comp, grp = None, buyer, seller, cost, compliant, group
+    constant_scale = np.ndim(price_scale) == 0 or (
+        len(price_scale) > 0 and bool(np.all(price_scale == price_scale[0]))
+    )
+    finite = bool(np.isfinite(cost).all())
+    play = _InPlay(seller, cost, compliant, group, buyer, buyer_starts)
     if not eligible.all():
-        live = np.flatnonzero(eligible)
-        b, s, c, comp = buyer[live], seller[live], cost[live], compliant[live]
-        grp = None if group is None else group[live]
-    constant_scale = len(price_scale) > 0 and bool(np.all(price_scale == price_scale[0]))
-    scale = price_scale[0] if constant_scale else price_scale[b]
-    finite = bool(np.isfinite(c).all())
-    runs = _runs(b)
-    unfilled_at: np.ndarray | slice = slice(0, 0)  # edges whose unfilled orders are set
+        play.keep(eligible)
+    placed_any = False  # some round placed orders: flows and orders accumulated in ``play``
     for _ in range(rounds):
-        in_play = (left[s] > nothing) & ((want_compliant + want_any)[b] > 0)  # per live edge
-        if not in_play.any():  # every buyer served or every seller sold out: nothing re-sent
-            break
-        if not in_play.all():
-            live = np.flatnonzero(in_play) if live is None else live[in_play]
-            b, s, c, comp = b[in_play], s[in_play], c[in_play], comp[in_play]
-            grp = None if grp is None else grp[in_play]
-            scale = scale if constant_scale else scale[in_play]
-            runs = _runs(b)
-        at = slice(None) if live is None else live  # where the live edges sit
-        starts, run = runs
+        seller_in = left > nothing  # per seller: stock left
+        buyer_in = (want_compliant + want_any)[play.buyer] > 0  # per live buyer: still wants
+        if not seller_in.all() or not buyer_in.all():
+            in_play = np.repeat(buyer_in, play.lengths)  # per live edge
+            if not seller_in.all():
+                in_play &= seller_in[play.seller]
+            if not in_play.any():  # every buyer served or every seller sold out: nothing re-sent
+                break
+            if not in_play.all():
+                play.keep(in_play)
+        s, starts, lengths = play.seller, play.starts, play.lengths
+        scale = (
+            np.ravel(price_scale)[0]
+            if constant_scale
+            else np.repeat(price_scale[play.buyer], lengths)
+        )
         placed = []  # per tranche: tonnes ordered per live edge; None if no buyer wants any
-        for want, restrict in ((want_compliant, comp), (want_any, None)):
-            wanted = want[b]  # per live edge
+        for want, restrict in ((want_compliant, play.compliant), (want_any, None)):
+            if want is want_compliant and not any_compliant:
+                placed.append(None)
+                continue
+            wanted = want[play.buyer]  # per live buyer
             if not wanted.any():
                 placed.append(None)
                 continue
-            share = _run_logit(c, restrict, starts, run, beta, scale, finite)
-            share *= wanted
+            share = _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite)
+            share *= np.repeat(wanted, lengths)
             placed.append(share)
         present = [tranche for tranche in placed if tranche is not None]
         edge_orders = (
             present[0] + present[1]
             if len(present) == 2
-            else (present[0] if present else np.zeros(len(b)))
+            else (present[0] if present else np.zeros(len(s)))
         )
         received = np.bincount(s, edge_orders, minlength=n_sellers)  # per seller
         if received.sum() <= nothing:
             break
         orders += received
-        ordered[at] += edge_orders
-        with np.errstate(over="ignore"):  # a vanishing order against a stock: filled anyway
-            fill = np.where(received > left, left / np.where(received > 0, received, 1.0), 1.0)
-        edge_fill = fill[s]  # per live edge
+        play.add_ordered(edge_orders)
+        placed_any = True
+        short = received > left  # per seller: oversubscribed
+        edge_fill = None  # per live edge: share of orders filled (None: all of them)
+        if short.any():
+            with np.errstate(over="ignore"):  # a vanishing order against a stock: filled anyway
+                fill = np.where(short, left / np.where(received > 0, received, 1.0), 1.0)
+            edge_fill = fill[s]
         if rationed:
-            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, grp, group_cap)
-        unfilled[unfilled_at] = 0.0
-        unfilled[at] = edge_orders * (1.0 - edge_fill)
-        unfilled_at = at
+            edge_fill = np.ones(len(s)) if edge_fill is None else edge_fill
+            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, play.group, group_cap)
+        play.set_unfilled(None if edge_fill is None else edge_orders * (1.0 - edge_fill))
         for want, tranche in zip((want_compliant, want_any), placed, strict=True):
             if tranche is None:
                 continue
-            got = tranche * edge_fill  # per live edge
-            flow[at] += got
-            want[b[starts]] -= np.add.reduceat(got, starts)  # per live buyer
+            got = tranche if edge_fill is None else tranche * edge_fill  # per live edge
+            play.add_flow(got)
+            want[play.buyer] -= np.add.reduceat(got, starts)  # per live buyer
             np.maximum(want, 0.0, out=want)
-        left -= np.bincount(s, edge_orders * edge_fill, minlength=n_sellers)
+        sold = (
+            received
+            if edge_fill is None
+            else np.bincount(s, edge_orders * edge_fill, minlength=n_sellers)
+        )
+        left -= sold
         np.maximum(left, 0.0, out=left)
+    flow, ordered, unfilled = play.results(n_edges) if placed_any else np.zeros((3, n_edges))
     if order is not None:  # back to the caller's edge order
         flow, ordered, unfilled = (_unsort(x, order) for x in (flow, ordered, unfilled))
     return Clearing(
@@ -227,41 +246,125 @@ def clear(
     )
 
 
-def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of equal keys in a sorted array: first position of each run, run of each element."""
+class _InPlay:
+    """The edges still in play in a clearing, as compacted copies that shrink round by round.
+
+    Edges stay sorted by buyer and are held as runs, one per buyer (first edge and length), so
+    a per-buyer value reaches its edges by ``np.repeat`` rather than by a gather. Flows and
+    orders of the live edges accumulate here and are written out to every edge at the end (or
+    when edges leave play), in the order of the rounds, so each sum is the one a per-edge
+    accumulation would give.
+    """
+
+    def __init__(
+        self,
+        seller: np.ndarray,
+        cost: np.ndarray,
+        compliant: np.ndarray,
+        group: np.ndarray | None,
+        buyer: np.ndarray,
+        starts: np.ndarray | None,
+    ) -> None:
+        self.at: np.ndarray | None = None  # per live edge: its position (None: every edge)
+        self.seller, self.cost, self.compliant, self.group = seller, cost, compliant, group
+        self.starts = _run_starts(buyer) if starts is None else starts  # per live buyer
+        self.buyer = buyer[self.starts]  # per live buyer: local buyer index
+        self.lengths = _run_lengths(self.starts, len(buyer))  # per live buyer: its edges
+        self.flow: np.ndarray | None = None  # per live edge: tonnes filled so far
+        self.ordered: np.ndarray | None = None  # per live edge: tonnes ordered so far
+        self.unfilled: tuple[np.ndarray | slice, np.ndarray | None] | None = None  # last round
+        self._flushed: list[tuple[np.ndarray | slice, np.ndarray, np.ndarray]] = []
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only the live edges where ``keep`` (per live edge) is true."""
+        if self.flow is not None:  # edges leaving play take their totals with them
+            self._flushed.append((self._where(), self.flow, self.ordered))
+        kept = keep.nonzero()[0]  # per kept edge: its live position
+        per_run = np.add.reduceat(keep, self.starts, dtype=np.intp) if len(keep) else keep
+        runs = per_run > 0
+        self.lengths = per_run[runs]
+        self.buyer = self.buyer[runs]
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.at = kept if self.at is None else self.at[kept]
+        self.seller, self.cost, self.compliant = (
+            self.seller[kept],
+            self.cost[kept],
+            self.compliant[kept],
+        )
+        self.group = None if self.group is None else self.group[kept]
+        if self.flow is not None:
+            self.flow, self.ordered = self.flow[kept], self.ordered[kept]
+
+    def _where(self) -> np.ndarray | slice:
+        return slice(None) if self.at is None else self.at
+
+    def add_ordered(self, edge_orders: np.ndarray) -> None:
+        if self.ordered is None:
+            self.flow, self.ordered = np.zeros(len(self.seller)), np.zeros(len(self.seller))
+        self.ordered += edge_orders
+
+    def add_flow(self, got: np.ndarray) -> None:
+        self.flow += got
+
+    def set_unfilled(self, unfilled: np.ndarray | None) -> None:
+        """Orders unfilled in this round (None: none), the last round's count."""
+        self.unfilled = (self._where(), unfilled)
+
+    def results(self, n_edges: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per edge: flow, orders summed over rounds, orders unfilled in the last round."""
+        flow, ordered, unfilled = np.zeros((3, n_edges))
+        for where, f, o in (*self._flushed, (self._where(), self.flow, self.ordered)):
+            flow[where], ordered[where] = f, o
+        where, last = self.unfilled
+        if last is not None:
+            unfilled[where] = last
+        return flow, ordered, unfilled
+
+
+def _run_starts(keys: np.ndarray) -> np.ndarray:
+    """First position of each run of equal keys in a sorted array."""
     new = np.ones(len(keys), dtype=bool)
     np.not_equal(keys[1:], keys[:-1], out=new[1:])
-    return np.flatnonzero(new), np.cumsum(new) - 1
+    return np.flatnonzero(new)
+
+
+def _run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Length of each run, from the first positions of runs that cover ``n`` elements."""
+    lengths = np.empty_like(starts)
+    lengths[:-1] = starts[1:] - starts[:-1]
+    lengths[-1:] = n - starts[-1:]
+    return lengths
 
 
 def _run_logit(
     cost: np.ndarray,
     restrict: np.ndarray | None,
     starts: np.ndarray,
-    run: np.ndarray,
+    lengths: np.ndarray,
     beta: float,
     scale: np.ndarray | float,
     finite: bool = False,
 ) -> np.ndarray:
     """:func:`logit_shares` for edges sorted by buyer, one run of edges per buyer.
 
-    ``restrict`` (per edge; None: every edge) marks the edges that may receive orders;
-    ``scale`` is the buyer's price scale per edge (or one for all); ``finite`` says every cost
-    is a finite number, which spares the check for undefined weights.
+    ``starts`` and ``lengths`` give each run's first edge and number of edges; ``restrict``
+    (per edge; None: every edge) marks the edges that may receive orders; ``scale`` is the
+    buyer's price scale per edge (or one for all); ``finite`` says every cost is a finite
+    number, which spares the check for undefined weights.
     """
     masked = cost if restrict is None else np.where(restrict, cost, np.inf)  # per edge
     if len(masked) == 0:
         return np.zeros(0)
     best = np.minimum.reduceat(masked, starts)  # per run
     with np.errstate(invalid="ignore", over="ignore"):
-        weight = masked - best[run]  # per edge: gap to the buyer's best, >= 0, inf or nan
+        weight = masked - np.repeat(best, lengths)  # per edge: gap to the best, >= 0, inf or nan
         weight /= scale
         weight *= -beta
         np.exp(weight, out=weight)  # an infinite gap weighs 0
     if restrict is not None or not finite:
         weight[np.isnan(weight)] = 0.0  # a buyer with nothing eligible, or an undefined cost
     total = np.add.reduceat(weight, starts)  # per run
-    weight /= np.where(total > 0, total, 1.0)[run]
+    weight /= np.repeat(np.where(total > 0, total, 1.0), lengths)
     return weight
 
 

@@ -2,9 +2,10 @@
 
 Policy acts first in a tick (§6, steps 1–2): dated events apply or expire, then the rules of
 ``scenario.policies`` are turned into per-edge terms — tariff, duty, transport, allowed flag and
-export-control group — by a handful of vectorised passes, one per rule. During clearing the
-policy supplies the terms that depend on prices (border levies, China's strategic export asks)
-and rations exports under quotas; after clearing it pays floor subsidies and takes upside.
+export-control group — by a handful of vectorised passes, one per rule, redone only when the
+rules, blocs, events in force or built producers changed. During clearing the policy supplies
+the terms that depend on prices (border levies, China's strategic export asks) and rations
+exports under quotas; after clearing it pays floor subsidies and takes upside.
 
 Parties in rules are a country code, a bloc (``alliance``, ``china``, ``other``) or ``any``.
 """
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from abm.scenario import Event, Scenario, _set_path, build_scenario
-from abm.world import BLOCS, MINE, PROCESSOR, RESERVE, month_index
+from abm.world import BLOCS, MINE, PLANNED, PROCESSOR, RESERVE, month_index
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -60,6 +61,21 @@ class _Effect:
     undo: dict[str, Any]
 
 
+@dataclass
+class _RuleTerms:
+    """Edge terms of the rules in force, and copies of what they were computed from."""
+
+    policies: Any  # a deep copy of ``scenario.policies``
+    country_bloc: np.ndarray  # per country
+    events: list[Event]  # deep copies of the events in force, in order
+    tariff: np.ndarray  # per edge
+    duty: np.ndarray  # per edge
+    transport_usd_per_kg: np.ndarray  # per edge
+    rule_allowed: np.ndarray  # per edge: the rules allow trade (whether or not the seller is built)
+    export_group: np.ndarray  # per edge: control × product group, -1 if uncontrolled
+    quota_covered: np.ndarray  # control × product: 1 where the control covers the product
+
+
 class PolicyState:
     """Policy in force in a model: events, shocks, quotas left, budgets spent."""
 
@@ -78,6 +94,11 @@ class PolicyState:
         self.export_demand_t = np.zeros(0)  # per (control, product): smoothed export orders
         self.strategic_spent_usd_million = 0.0
         self.strategic_active = False
+        s = model.world.stocks
+        self._producer_rows = np.flatnonzero(np.isin(s.owner_kind, (MINE, PROCESSOR)))
+        self._rule_terms: _RuleTerms | None = None  # kept until an input changes (refresh)
+        self._built: np.ndarray | None = None  # per producer: past planning, at last refresh
+        self._allowed = np.zeros(0, dtype=bool)  # per edge: the rule terms' allowed, if built
 
     # ------------------------------------------------------------------ events
 
@@ -144,14 +165,51 @@ class PolicyState:
     # ------------------------------------------------------------------ edge terms
 
     def refresh(self) -> None:
-        """Recompute blocs and every edge term from the policies and shocks in force."""
+        """Set blocs, edge terms and this tick's quotas from the policies and shocks in force.
+
+        The edge terms take several passes over every edge, so they are recomputed only when
+        what they are computed from changed since the last refresh: the scenario's policies,
+        the blocs and the events in force, compared by value (a scenario edited in place
+        counts), and which producers are built. Quotas and licence terms are set every tick.
+        The kept arrays are handed out again each tick: replace them, never edit them in place.
+        """
         model = self.model
         w, cfg = model.world, model.config
         w.country_bloc = np.array([BLOCS.index(cfg.bloc_of(c)) for c in w.layout.countries])
-        self.capacity_factor, self.demand_factor, cuts = self._shocks()
-        s, e, p = w.stocks, w.edges, w.producers
+        events = [effect.event for effect in self.effects]
+        terms = self._rule_terms
+        if (
+            terms is None
+            or cfg.policies != terms.policies
+            or not np.array_equal(w.country_bloc, terms.country_bloc)
+            or events != terms.events
+        ):
+            self.capacity_factor, self.demand_factor, cuts = self._shocks()
+            terms = self._rule_terms = self._compute_rule_terms(cuts)
+            self._built = None  # combine the new rule terms with the built producers below
+        s, e = w.stocks, w.edges
+        built = w.producers.status != PLANNED  # per producer
+        if self._built is None or not np.array_equal(built, self._built):
+            row_built = np.ones(len(s.owner), dtype=bool)  # per stock row; the reserve's: built
+            row_built[self._producer_rows] = built[s.owner[self._producer_rows]]
+            self._built, self._allowed = built, row_built[e.seller] & terms.rule_allowed
+        e.tariff, e.duty, e.allowed = terms.tariff, terms.duty, self._allowed
+        e.transport_usd_per_kg = terms.transport_usd_per_kg
+        self.export_group = terms.export_group
+        pol, tpy = cfg.policies, cfg.ticks_per_year
+        self._set_quotas(pol, terms.quota_covered, tpy)
+        self.licence_delay_ticks = np.array(
+            [round(rule.delay_months * tpy / 12) for rule in pol.export_controls], dtype=np.int64
+        )
+        self.approval = np.array([rule.approval_probability for rule in pol.export_controls])
+
+    def _compute_rule_terms(self, cuts: list[tuple[str, str]]) -> _RuleTerms:
+        """The edge terms of the rules in force and transport ``cuts``, from scratch."""
+        model = self.model
+        w, cfg = model.world, model.config
+        s, e = w.stocks, w.edges
         pol = cfg.policies
-        seller_c, buyer_c = s.country[e.seller], s.country[e.buyer]
+        seller_c, buyer_c = e.seller_country, e.buyer_country  # per edge
         cross = seller_c != buyer_c  # per edge
         alliance = BLOCS.index("alliance")
         both_alliance = (w.country_bloc[seller_c] == alliance) & (
@@ -174,9 +232,7 @@ class PolicyState:
             match = exports & product_mask(rule.product, e.product, model)
             duty = np.where(match, np.maximum(duty, rule.rate), duty)
         discount = np.where(both_alliance & cross, pol.preference.transport_discount_share, 0.0)
-        seller_is_producer = np.isin(s.owner_kind[e.seller], (MINE, PROCESSOR))
-        built = np.where(seller_is_producer, p.status[s.owner[e.seller]] != 0, True)
-        allowed = built.copy()
+        allowed = np.ones(len(e.seller), dtype=bool)
         if w.reserve_rows is not None and pol.reserve is not None:
             # the reserve releases to its owner's buyers only
             from_reserve = e.seller == w.reserve_rows[1]
@@ -200,23 +256,26 @@ class PolicyState:
             control[match] = g
             if rule.quota_t_per_yr == 0:
                 allowed &= ~match
-        e.tariff, e.duty, e.allowed = tariff, duty, allowed
-        e.transport_usd_per_kg = e.base_transport_usd_per_kg * (1.0 - discount)
         # a quota is shared by the products it covers pro rata to smoothed export orders,
         # so no product's market takes it all just by clearing first
-        self.export_group = np.where(control >= 0, control * n_prod + e.product, -1)
-        self._set_quotas(pol, control, n_prod, cfg.ticks_per_year)
-        tpy = cfg.ticks_per_year
-        self.licence_delay_ticks = np.array(
-            [round(rule.delay_months * tpy / 12) for rule in pol.export_controls], dtype=np.int64
+        export_group = np.where(control >= 0, control * n_prod + e.product, -1)
+        covered = np.zeros(len(pol.export_controls) * n_prod)
+        covered[np.unique(export_group[control >= 0])] = 1.0
+        return _RuleTerms(
+            policies=copy.deepcopy(pol),
+            country_bloc=w.country_bloc.copy(),
+            events=copy.deepcopy([effect.event for effect in self.effects]),
+            tariff=tariff,
+            duty=duty,
+            transport_usd_per_kg=e.base_transport_usd_per_kg * (1.0 - discount),
+            rule_allowed=allowed,
+            export_group=export_group,
+            quota_covered=covered.reshape(-1, n_prod),
         )
-        self.approval = np.array([rule.approval_probability for rule in pol.export_controls])
 
-    def _set_quotas(self, pol: Any, control: np.ndarray, n_prod: int, tpy: int) -> None:
-        n_groups = len(pol.export_controls) * n_prod
-        covered = np.zeros(n_groups)
-        covered[np.unique(self.export_group[control >= 0])] = 1.0
-        covered = covered.reshape(-1, n_prod)  # control × product
+    def _set_quotas(self, pol: Any, covered: np.ndarray, tpy: int) -> None:
+        """This tick's quota per (control, product), shared by smoothed export orders."""
+        n_groups, n_prod = covered.size, covered.shape[1]
         if len(self.export_orders_t) == n_groups == len(self.export_demand_t):
             weight = self.model.config.market.expectation_smoothing
             self.export_demand_t = (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def clear_reference(
     cost,
@@ -23,6 +25,7 @@ def clear_reference(
     rounds,
 ):
     n_edges = len(cost)
+    price_scale = np.broadcast_to(np.asarray(price_scale, dtype=float), (len(demand),))
     left = [float(a) for a in available]
     want = [[d * m, d - d * m] for d, m in zip(demand, min_compliant, strict=True)]
     flow = [0.0] * n_edges

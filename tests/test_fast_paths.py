@@ -177,9 +177,10 @@ def test_logit_within_runs_of_edges_matches_the_general_logit():
     cost = rng.uniform(10, 100, len(buyer))
     restrict = rng.random(len(buyer)) < 0.6
     scale = rng.uniform(20, 80, 40)
-    starts, run = market._runs(buyer)
+    starts = market._run_starts(buyer)
+    lengths = np.diff(starts, append=len(buyer))
     for beta in (0.5, 8.0, 1e12):
-        mine = market._run_logit(cost, restrict, starts, run, beta, scale[buyer])
+        mine = market._run_logit(cost, restrict, starts, lengths, beta, scale[buyer])
         general = market.logit_shares(cost, buyer, restrict, 40, beta, scale)
         np.testing.assert_allclose(mine, general, **TOL)
 
