@@ -15,6 +15,7 @@ agents of that type at once (staged activation by type, vectorised; §14):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import mesa
@@ -373,14 +374,9 @@ def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> tuple[np.ndarr
     Effective capacity counts status, ramp-up, quotas and outages; separation plants' oxide
     rows use the typical ore's yields.
     """
-    p, s = model.world.producers, model.world.stocks
-    owner = np.where(s.owner_kind[rows] == RESERVE, 0, s.owner[rows])
-    cap = np.where(s.owner_kind[rows] == RESERVE, 0.0, model.effective_capacity[owner])
-    element = s.product[rows] - 1
-    sep = p.stage[owner] == 1
-    yields = np.ones(len(rows))
-    yields[sep] = model.typical_ore_composition[element[sep]] * p.recovery[owner[sep], element[sep]]
-    return cap * yields, p.output_t[owner] * yields
+    t = _offer_terms(model, rows)
+    cap = np.where(t.reserve, 0.0, model.effective_capacity[t.owner])
+    return cap * t.yields, model.world.producers.output_t[t.owner] * t.yields
 
 
 def _makeable_from_inputs_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
@@ -389,22 +385,65 @@ def _makeable_from_inputs_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarr
     Separation: remaining concentrate times the typical yield of the row's oxide; magnets: the
     scarcest recipe input over its coefficient.
     """
+    t, qty = _offer_terms(model, rows), model.world.stocks.qty_t
+    out = np.full(len(rows), np.inf)
+    if len(t.sep):
+        out[t.sep] = qty[t.sep_input] * t.sep_typical * t.sep_recovery
+    if len(t.mag):
+        out[t.mag] = (qty[t.mag_inputs] / t.mag_recipe).min(axis=1)
+    return out
+
+
+@dataclass
+class _OfferTerms:
+    """What the offer of some output rows depends on that never changes (§7.2)."""
+
+    rows: np.ndarray  # the output rows these terms are for
+    reserve: np.ndarray  # per row: a reserve's release row
+    owner: np.ndarray  # per row: owning producer (0 for a reserve)
+    yields: np.ndarray  # per row: output of the row's product per tonne of owner's output
+    sep: np.ndarray  # positions of separation plants' rows
+    sep_input: np.ndarray  # per such row: the plant's concentrate row
+    sep_typical: np.ndarray  # per such row: the typical ore's share of the row's oxide
+    sep_recovery: np.ndarray  # per such row: the plant's recovery of it
+    mag: np.ndarray  # positions of magnet plants' rows
+    mag_inputs: np.ndarray  # per such row × recipe element used: the plant's input row
+    mag_recipe: np.ndarray  # per recipe element used: t per t of magnet
+
+
+def _offer_terms(model: RareEarthModel, rows: np.ndarray) -> _OfferTerms:
+    """The static offer terms of ``rows``, built on first use for that array and kept."""
+    cache = model.__dict__.setdefault("_offer_terms_cache", {})
+    terms = cache.get(id(rows))
+    if terms is not None and terms.rows is rows:
+        return terms
     w, p, s = model.world, model.world.producers, model.world.stocks
     n_e = len(w.layout.elements)
-    owner = np.where(s.owner_kind[rows] == RESERVE, 0, s.owner[rows])
-    stage = np.where(s.owner_kind[rows] == RESERVE, 0, p.stage[owner])
-    out = np.full(len(rows), np.inf)
-    sep = stage == 1
-    if sep.any():
-        plant, element = owner[sep], s.product[rows[sep]] - 1
-        concentrate = s.qty_t[p.input_rows[plant, 0]]
-        out[sep] = concentrate * model.typical_ore_composition[element] * p.recovery[plant, element]
-    mag = stage == 2
-    if mag.any():
-        used = np.flatnonzero(w.magnet_recipe > 0)
-        inputs = p.input_rows[owner[mag]][:, 1 : 1 + n_e][:, used]  # plant × used element
-        out[mag] = (s.qty_t[inputs] / w.magnet_recipe[used]).min(axis=1)
-    return out
+    reserve = s.owner_kind[rows] == RESERVE
+    owner = np.where(reserve, 0, s.owner[rows])
+    element = s.product[rows] - 1
+    sep = p.stage[owner] == 1
+    yields = np.ones(len(rows))
+    yields[sep] = model.typical_ore_composition[element[sep]] * p.recovery[owner[sep], element[sep]]
+    stage = np.where(reserve, 0, p.stage[owner])
+    sep_at, mag_at = np.flatnonzero(stage == 1), np.flatnonzero(stage == 2)
+    plant, element = owner[sep_at], s.product[rows[sep_at]] - 1
+    used = np.flatnonzero(w.magnet_recipe > 0)
+    terms = _OfferTerms(
+        rows=rows,
+        reserve=reserve,
+        owner=owner,
+        yields=yields,
+        sep=sep_at,
+        sep_input=p.input_rows[plant, 0],
+        sep_typical=model.typical_ore_composition[element],
+        sep_recovery=p.recovery[plant, element],
+        mag=mag_at,
+        mag_inputs=p.input_rows[owner[mag_at]][:, 1 : 1 + n_e][:, used],
+        mag_recipe=w.magnet_recipe[used],
+    )
+    cache[id(rows)] = terms  # keeps ``rows`` alive, so its id is not reused
+    return terms
 
 
 def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
@@ -421,11 +460,12 @@ def planned_offer_t(model: RareEarthModel, rows: np.ndarray) -> np.ndarray:
     capacity, made = output_capacity_t(model, rows)
     target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity
     adjust = model.months_to_ticks(cfg.order_adjust_months)
-    offer = s.expected_sales_t[rows] + (s.qty_t[rows] - target) / adjust
-    offer = np.clip(np.maximum(offer, 0.1 * capacity), 0.0, s.qty_t[rows])
+    qty = s.qty_t[rows]
+    offer = s.expected_sales_t[rows] + (qty - target) / adjust
+    offer = np.clip(np.maximum(offer, 0.1 * capacity), 0.0, qty)
     spare = np.minimum(np.maximum(capacity - made, 0.0), _makeable_from_inputs_t(model, rows))
     offer = offer + spare
-    return np.where(s.owner_kind[rows] == RESERVE, s.qty_t[rows], offer)  # releases: all of it
+    return np.where(_offer_terms(model, rows).reserve, qty, offer)  # releases: all of it
 
 
 class Mine(Producer):

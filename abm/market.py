@@ -37,9 +37,9 @@ def landed_cost(
     All arguments are per edge (US$/kg or ad valorem shares); returns US$/kg per edge. Terms
     that are zero on every edge are skipped (the same numbers, fewer passes over the edges).
     """
-    cost = ask * (1.0 + duty) if np.any(duty) else ask
-    cost = cost * (1.0 + tariff) if np.any(tariff) else cost
-    cost = cost + levy if np.any(levy) else cost
+    cost = ask * (1.0 + duty) if duty.any() else ask
+    cost = cost * (1.0 + tariff) if tariff.any() else cost
+    cost = cost + levy if levy.any() else cost
     return cost + transport + premium
 
 
@@ -169,71 +169,74 @@ def clear(
     if not eligible.all():
         play.keep(eligible)
     placed_any = False  # some round placed orders: flows and orders accumulated in ``play``
-    for _ in range(rounds):
-        seller_in = left > nothing  # per seller: stock left
-        buyer_in = (want_compliant + want_any)[play.buyer] > 0  # per live buyer: still wants
-        if not seller_in.all() or not buyer_in.all():
-            in_play = np.repeat(buyer_in, play.lengths)  # per live edge
-            if not seller_in.all():
-                in_play &= seller_in[play.seller]
-            if not in_play.any():  # every buyer served or every seller sold out: nothing re-sent
+    one_scale = float(np.ravel(price_scale)[0]) if constant_scale else 0.0
+    # gaps to an infinite cost, and ratios of vanishing orders, are expected: not warned
+    with np.errstate(invalid="ignore", over="ignore"):
+        for _ in range(rounds):
+            seller_in = left > nothing  # per seller: stock left
+            buyer_in = (want_compliant + want_any)[play.buyer] > 0  # per live buyer: still wants
+            if not seller_in.all() or not buyer_in.all():
+                in_play = np.repeat(buyer_in, play.lengths)  # per live edge
+                if not seller_in.all():
+                    in_play &= seller_in[play.seller]
+                if (
+                    not in_play.any()
+                ):  # every buyer served or every seller sold out: nothing re-sent
+                    break
+                if not in_play.all():
+                    play.keep(in_play)
+            s, starts, lengths = play.seller, play.starts, play.lengths
+            scale = one_scale if constant_scale else np.repeat(price_scale[play.buyer], lengths)
+            placed = []  # per tranche: tonnes ordered per live edge; None if no buyer wants any
+            for want, restrict in ((want_compliant, play.compliant), (want_any, None)):
+                if want is want_compliant and not any_compliant:
+                    placed.append(None)
+                    continue
+                wanted = want[play.buyer]  # per live buyer
+                if not wanted.any():
+                    placed.append(None)
+                    continue
+                share = _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite)
+                share *= np.repeat(wanted, lengths)
+                placed.append(share)
+            present = [tranche for tranche in placed if tranche is not None]
+            edge_orders = (
+                present[0] + present[1]
+                if len(present) == 2
+                else (present[0] if present else np.zeros(len(s)))
+            )
+            received = np.bincount(s, edge_orders, minlength=n_sellers)  # per seller
+            if received.sum() <= nothing:
                 break
-            if not in_play.all():
-                play.keep(in_play)
-        s, starts, lengths = play.seller, play.starts, play.lengths
-        scale = (
-            np.ravel(price_scale)[0]
-            if constant_scale
-            else np.repeat(price_scale[play.buyer], lengths)
-        )
-        placed = []  # per tranche: tonnes ordered per live edge; None if no buyer wants any
-        for want, restrict in ((want_compliant, play.compliant), (want_any, None)):
-            if want is want_compliant and not any_compliant:
-                placed.append(None)
-                continue
-            wanted = want[play.buyer]  # per live buyer
-            if not wanted.any():
-                placed.append(None)
-                continue
-            share = _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite)
-            share *= np.repeat(wanted, lengths)
-            placed.append(share)
-        present = [tranche for tranche in placed if tranche is not None]
-        edge_orders = (
-            present[0] + present[1]
-            if len(present) == 2
-            else (present[0] if present else np.zeros(len(s)))
-        )
-        received = np.bincount(s, edge_orders, minlength=n_sellers)  # per seller
-        if received.sum() <= nothing:
-            break
-        orders += received
-        play.add_ordered(edge_orders)
-        placed_any = True
-        short = received > left  # per seller: oversubscribed
-        edge_fill = None  # per live edge: share of orders filled (None: all of them)
-        if short.any():
-            with np.errstate(over="ignore"):  # a vanishing order against a stock: filled anyway
+            orders += received
+            play.add_ordered(edge_orders)
+            placed_any = True
+            short = received > left  # per seller: oversubscribed
+            edge_fill = None  # per live edge: share of orders filled (None: all of them)
+            if short.any():
+                # a vanishing order against a stock overflows the ratio: filled anyway
                 fill = np.where(short, left / np.where(received > 0, received, 1.0), 1.0)
-            edge_fill = fill[s]
-        if rationed:
-            edge_fill = np.ones(len(s)) if edge_fill is None else edge_fill
-            edge_fill = _ration_groups(edge_orders * edge_fill, edge_fill, play.group, group_cap)
-        play.set_unfilled(None if edge_fill is None else edge_orders * (1.0 - edge_fill))
-        for want, tranche in zip((want_compliant, want_any), placed, strict=True):
-            if tranche is None:
-                continue
-            got = tranche if edge_fill is None else tranche * edge_fill  # per live edge
-            play.add_flow(got)
-            want[play.buyer] -= np.add.reduceat(got, starts)  # per live buyer
-            np.maximum(want, 0.0, out=want)
-        sold = (
-            received
-            if edge_fill is None
-            else np.bincount(s, edge_orders * edge_fill, minlength=n_sellers)
-        )
-        left -= sold
-        np.maximum(left, 0.0, out=left)
+                edge_fill = fill[s]
+            if rationed:
+                edge_fill = np.ones(len(s)) if edge_fill is None else edge_fill
+                edge_fill = _ration_groups(
+                    edge_orders * edge_fill, edge_fill, play.group, group_cap
+                )
+            play.set_unfilled(None if edge_fill is None else edge_orders * (1.0 - edge_fill))
+            for want, tranche in zip((want_compliant, want_any), placed, strict=True):
+                if tranche is None:
+                    continue
+                got = tranche if edge_fill is None else tranche * edge_fill  # per live edge
+                play.add_flow(got)
+                want[play.buyer] -= np.add.reduceat(got, starts)  # per live buyer
+                np.maximum(want, 0.0, out=want)
+            sold = (
+                received
+                if edge_fill is None
+                else np.bincount(s, edge_orders * edge_fill, minlength=n_sellers)
+            )
+            left -= sold
+            np.maximum(left, 0.0, out=left)
     flow, ordered, unfilled = play.results(n_edges) if placed_any else np.zeros((3, n_edges))
     if order is not None:  # back to the caller's edge order
         flow, ordered, unfilled = (_unsort(x, order) for x in (flow, ordered, unfilled))
@@ -350,17 +353,17 @@ def _run_logit(
     ``starts`` and ``lengths`` give each run's first edge and number of edges; ``restrict``
     (per edge; None: every edge) marks the edges that may receive orders; ``scale`` is the
     buyer's price scale per edge (or one for all); ``finite`` says every cost is a finite
-    number, which spares the check for undefined weights.
+    number, which spares the check for undefined weights. Called under
+    ``np.errstate(invalid="ignore", over="ignore")``: infinite gaps are expected.
     """
     masked = cost if restrict is None else np.where(restrict, cost, np.inf)  # per edge
     if len(masked) == 0:
         return np.zeros(0)
     best = np.minimum.reduceat(masked, starts)  # per run
-    with np.errstate(invalid="ignore", over="ignore"):
-        weight = masked - np.repeat(best, lengths)  # per edge: gap to the best, >= 0, inf or nan
-        weight /= scale
-        weight *= -beta
-        np.exp(weight, out=weight)  # an infinite gap weighs 0
+    weight = masked - np.repeat(best, lengths)  # per edge: gap to the best, >= 0, inf or nan
+    weight /= scale
+    weight *= -beta
+    np.exp(weight, out=weight)  # an infinite gap weighs 0
     if restrict is not None or not finite:
         weight[np.isnan(weight)] = 0.0  # a buyer with nothing eligible, or an undefined cost
     total = np.add.reduceat(weight, starts)  # per run
