@@ -172,7 +172,7 @@ class Producer(mesa.Agent):
         typical_ore = model.typical_ore_composition  # per element
         yields = typical_ore * p.recovery  # per producer × element
         if not market_view:  # a plant's own view: the ore it actually holds and pays for
-            held = s.attrs[np.maximum(p.input_rows[:, 0], 0)][:, w.layout.composition]
+            held = s.attrs[np.maximum(p.input_rows[:, 0], 0), w.layout.composition]
             has_ore = (p.input_rows[:, 0] >= 0) & (held.sum(axis=1) > 0)
             yields = np.where(has_ore[:, None], held, typical_ore) * p.recovery
         if market_view:
@@ -558,7 +558,7 @@ class Processor(Producer):
         value_ok = Processor._processing_covered(model, plants)
         through = np.clip(np.minimum(np.minimum(cap, s.qty_t[in_rows]), room), 0.0, None)
         through = np.where(value_ok, through, 0.0)  # per plant, t REO input
-        comp = s.attrs[in_rows][:, w.layout.composition]
+        comp = s.attrs[in_rows, w.layout.composition]
         yields = comp * p.recovery[plants]  # plant × element
         out_rows = p.output_rows[plants, 1 : 1 + n_e]
         made = through[:, None] * yields  # plant × element

@@ -6,6 +6,12 @@ default; it costs a few percent of a tick). A broken invariant stops the run wit
 ``tick 57: agent 'cn_sep' (oxide:NdPr output stock): qty_t = nan: not a finite number``,
 instead of letting NaN or negative stock flow silently into the results.
 
+Every tick, a few fused reductions (the least and greatest value of each group of quantities
+with the same bounds, a matrix-vector product per sum of shares) tell whether the whole state
+is sound; only if they cannot tell does the check go agent by agent, in the order below, to
+find and name the first broken invariant. The fused pass never accepts a state the
+agent-by-agent check would reject, so the error and its message are the same either way.
+
 What is checked (MODEL.md §9, §11.1):
 
 - every stock, shipment in transit, capacity, demand and cash is a finite number, and every
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 NEGATIVE_TOLERANCE = 1e-9  # of the world's total stock (t)
 SHARE_TOLERANCE = 1e-6  # absolute, on shares that must sum to 1 or lie in [0, 1]
 BALANCE_TOLERANCE = 1e-6  # of the mass (t REO) or money (US$ M) that moved
+# a sum of shares the fused pass computes differently may differ by rounding (at most a few
+# hundred shares in [0, 1] summed: < 1e-12); it accepts sums this far inside the tolerance
+SUM_MARGIN = 1e-9
 
 
 class InvariantError(RuntimeError):
@@ -109,6 +118,78 @@ def check(model: RareEarthModel) -> None:
         InvariantError: naming the tick, the agent (or ``world``) and the quantity.
 
     """
+    if not _sound(model):
+        _locate(model)  # raises, naming the first broken invariant
+    elif not model.warming_up:
+        _check_balances(model)
+
+
+def _within(values: list[np.ndarray], lowest: float, strictly: bool = False) -> bool:
+    """Every value finite and at least ``lowest`` (above it if ``strictly``): a min and a max.
+
+    NaN makes both comparisons false; ±inf breaks one bound.
+    """
+    every = np.concatenate(values) if len(values) > 1 else values[0]
+    if len(every) == 0:
+        return True
+    least = every.min()
+    return bool((least > lowest if strictly else least >= lowest) and every.max() < np.inf)
+
+
+def _sound(model: RareEarthModel) -> bool:
+    """Whether every per-row and per-agent invariant holds, in a few fused passes.
+
+    True only if :func:`_locate` would find nothing (the balances are checked apart). False
+    may also mean "too close to a tolerance to tell": :func:`_locate` then decides.
+    """
+    w, s, p, b = model.world, model.world.stocks, model.world.producers, model.world.buyers
+    qty = s.qty_t  # per row
+    if len(qty) and qty.min() >= 0.0:  # |qty| is qty: the sum of magnitudes in one pass
+        scale_t = qty.sum()  # +inf or nan if a quantity is
+    else:
+        scale_t = np.abs(qty).sum()
+    if not np.isfinite(scale_t):
+        return False
+    lowest = -NEGATIVE_TOLERANCE * max(float(scale_t), 1.0)  # as in :func:`_locate`
+    out = s.role == OUTPUT  # asks only mean something on output rows
+    attrs = s.attrs  # per row × attribute
+    if not (
+        _within([qty, w.transit_t.sum(axis=0), p.output_t], lowest)
+        and _within([s.ask_usd_per_kg[out]], 0.0, strictly=True)
+        and _within(
+            [
+                s.export_ask_usd_per_kg[out],
+                s.expected_price_usd_per_kg,
+                p.capacity_t_per_yr,
+                p.pending_capacity_t_per_yr,
+                b.need_t,
+            ],
+            0.0,
+        )
+        and _within(
+            [p.cash_usd_million, b.cash_usd_million, np.array([model.reserve.cash_usd_million])],
+            -np.inf,
+            strictly=True,
+        )
+        and (attrs.size == 0 or attrs.min() >= -SHARE_TOLERANCE)
+        and (attrs.size == 0 or attrs.max() <= 1 + SHARE_TOLERANCE)
+    ):
+        return False
+    # provenance and composition of held stock sum to 1: a matrix-vector product per sum (one
+    # pass, no copy); its rounding differs from :func:`_locate`'s sums by far less than
+    # SUM_MARGIN
+    held = qty > 0  # per row
+    for columns in (slice(0, w.layout.n_origin), w.layout.composition):
+        in_sum = np.zeros(w.layout.width)  # per attribute: 1 where it is a share of the sum
+        in_sum[columns] = 1.0
+        total = (attrs @ in_sum)[held]  # per held row
+        if not np.abs(total - 1.0).max(initial=0.0) <= SHARE_TOLERANCE - SUM_MARGIN:
+            return False
+    return True
+
+
+def _locate(model: RareEarthModel) -> None:
+    """The checks agent by agent: raise on the first invariant broken, naming the agent."""
     w, s, p, b = model.world, model.world.stocks, model.world.producers, model.world.buyers
     scale_t = max(float(np.abs(s.qty_t).sum()) if np.isfinite(s.qty_t).all() else 1.0, 1.0)
     lowest = -NEGATIVE_TOLERANCE * scale_t

@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from abm import provenance
-from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, PLANNED, PROCESSOR
+from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, OUTPUT, PLANNED, PROCESSOR
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -44,32 +46,120 @@ def slug(product: str) -> str:
     return product.replace(":", "_")
 
 
-def _edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
-    """This tick's per-edge facts and metric tables (prices, dependency), computed once.
-
-    Cached by tick: read it only once the tick's trades and consumption are done (collection).
-    """
-    key = (model.tick, model.steps)
-    cached = getattr(model, "_metrics_edge_view", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    view = _compute_edge_view(model)
-    model._metrics_edge_view = (key, view)
-    return view
+# ------------------------------------------------------------------ per-tick tables
+#
+# A metric reads a table computed once per tick (all products or blocs at once) and shared by
+# every metric of the table; the groupings behind the tables (which edges are Chinese exports,
+# which buyers are in a bloc) are fixed for a world and built once. Both give bit for bit the
+# numbers of the plain definitions: the same values are summed in the same order.
 
 
-def _compute_edge_view(model: RareEarthModel) -> dict[str, np.ndarray]:
+@dataclass
+class _Groups:
+    """Who belongs to which group, per edge, buyer, producer and stock row (fixed per world)."""
+
+    key: tuple[Any, ...]  # what they were built from: the world, its blocs, reference prices
+    # per edge: the trades of each kind of price (besides "world" and "compliant")
+    cn_domestic: np.ndarray
+    export_fob: np.ndarray
+    alliance_buyer: np.ndarray
+    market_starts: np.ndarray  # per product with edges: its first edge
+    has_edges: np.ndarray  # per product: it has edges (markets tile the edges in order)
+    edge_work: np.ndarray  # (selected tonnes, value) × edge: scratch for the price table
+    # per buyer
+    value_weight: np.ndarray  # a tonne consumed at its product's reference price
+    buyer_kind_bloc: np.ndarray  # per dependency kind × buyer: cell kind × bloc
+    # the buyers in two orders, by bloc and by bloc × product (each in buyer order), and where
+    # each (bloc, product or None for all products) runs in them: a shortage sums one run
+    shortage_runs: list[tuple[np.ndarray, dict[tuple[int, int | None], slice]]]
+    consumption_cells: np.ndarray  # per (product × bloc) group with buyers: its cell
+    consumption_members: sparse.csr_array  # per group × buyer: 1 where the buyer is in it
+    # per producer
+    stage_producers: list[np.ndarray]  # per stage: its producers
+    stage_country: np.ndarray  # stage × country cell
+    stage_bloc: np.ndarray  # stage × bloc cell
+    # per product: the producers' output rows (sellers' stock)
+    seller_rows: list[np.ndarray]
+
+
+def _groups(model: RareEarthModel) -> _Groups:
+    """The world's groupings, rebuilt only when the world or its blocs change."""
+    return _table(model, "groups", _current_groups)
+
+
+def _current_groups(model: RareEarthModel) -> _Groups:
     w = model.world
-    e = w.edges
-    seller_c, buyer_c = e.seller_country, e.buyer_country  # per edge
-    return {
-        "seller_cn": seller_c == w.china,
-        "buyer_cn": buyer_c == w.china,
-        "buyer_bloc": w.country_bloc[buyer_c],
-        "compliant": model.compliant_rows(e.seller),
-        "product": e.product,
-        "flow": e.flow_t,
+    key = (id(w), w.country_bloc.tobytes(), w.reference_price.tobytes())
+    cached = getattr(model, "_metrics_groups", None)
+    if cached is None or cached.key != key:
+        cached = model._metrics_groups = _build_groups(model, key)
+    return cached
+
+
+def _build_groups(model: RareEarthModel, key: tuple[Any, ...]) -> _Groups:
+    w = model.world
+    e, b, p, s = w.edges, w.buyers, w.producers, w.stocks
+    n_blocs, n_products, n_countries = len(BLOCS), len(w.products), w.layout.n_countries
+    seller_cn, buyer_cn = e.seller_country == w.china, e.buyer_country == w.china  # per edge
+    markets = e.market_slices  # per product: its contiguous edges
+    buyer_bloc = w.country_bloc[b.country]  # per buyer
+    cells, members = provenance.group_matrix(b.product * n_blocs + buyer_bloc)
+    producer_row = (s.owner_kind == MINE) | (s.owner_kind == PROCESSOR)  # per stock row
+    return _Groups(
+        key=key,
+        cn_domestic=seller_cn & buyer_cn,
+        export_fob=seller_cn & ~buyer_cn,
+        alliance_buyer=w.country_bloc[e.buyer_country] == BLOCS.index("alliance"),
+        market_starts=np.array([m.start for m in markets if m.stop > m.start], dtype=np.intp),
+        has_edges=np.array([m.stop > m.start for m in markets], dtype=bool),
+        edge_work=np.empty((2, len(e.seller))),
+        value_weight=w.reference_price[b.product],
+        buyer_kind_bloc=np.arange(len(_DEPENDENCY_KINDS) + 1)[:, None] * n_blocs + buyer_bloc,
+        shortage_runs=[
+            _runs(buyer_bloc, [(bloc, None) for bloc in range(n_blocs)]),
+            _runs(
+                buyer_bloc * n_products + b.product,
+                [(bloc, product) for bloc in range(n_blocs) for product in range(n_products)],
+            ),
+        ],
+        consumption_cells=cells,
+        consumption_members=members,
+        stage_producers=[np.flatnonzero(p.stage == stage) for stage in range(len(STAGES))],
+        stage_country=p.stage * n_countries + p.country,
+        stage_bloc=p.stage * n_blocs + w.country_bloc[p.country],
+        seller_rows=[
+            np.flatnonzero((s.product == product) & producer_row & (s.role == OUTPUT))
+            for product in range(n_products)
+        ],
+    )
+
+
+def _runs(
+    group: np.ndarray, names: list[tuple[int, int | None]]
+) -> tuple[np.ndarray, dict[tuple[int, int | None], slice]]:
+    """Items sorted by group (in item order within a group) and each named group's run."""
+    sizes = np.bincount(group, minlength=len(names)).tolist()  # per group: its items
+    stops = accumulate(sizes)
+    return np.argsort(group, kind="stable"), {
+        name: slice(stop - size, stop) for name, size, stop in zip(names, sizes, stops, strict=True)
     }
+
+
+def _table(model: RareEarthModel, name: str, compute: Callable[[RareEarthModel], Any]) -> Any:
+    """One of this tick's metric tables, computed on first use and kept until the tick ends.
+
+    Keyed by tick, Mesa step and warm-up, so the last warm-up tick (tick 0 too) and the first
+    collection after it do not share tables. A table read before collection (``_settle`` reads
+    shortage and production) must be computed only from what is final for the tick by then.
+    """
+    key = (model.tick, model.steps, model.warming_up)
+    cached = getattr(model, "_metrics_tables", None)
+    if cached is None or cached[0] != key:
+        cached = model._metrics_tables = (key, {})
+    tables = cached[1]
+    if name not in tables:
+        tables[name] = compute(model)
+    return tables[name]
 
 
 # ------------------------------------------------------------------ prices
@@ -89,43 +179,38 @@ def price(model: RareEarthModel, product: int, kind: str) -> float:
 
 def _price_table(model: RareEarthModel) -> dict[str, np.ndarray]:
     """Per kind of trade (see :func:`price`), per product: this tick's price, computed once."""
-    v = _edge_view(model)
-    if "prices" not in v:
-        markets = model.world.edges.market_slices  # per product: its contiguous edges
-        traded_at = [edges.start for edges in markets if edges.stop > edges.start]
-        filled = np.array([edges.stop > edges.start for edges in markets])  # per product
+    return _table(model, "prices", _compute_prices)
 
-        def by_product(per_edge: np.ndarray) -> np.ndarray:
-            out = np.zeros(len(markets))
-            if traded_at:  # markets tile the edge list in product order
-                out[filled] = np.add.reduceat(per_edge, traded_at)
-            return out
 
-        flow = v["flow"]  # per edge
-        volume = by_product(flow)  # per product
-        select = {  # per edge
-            "world": True,
-            "cn_domestic": v["seller_cn"] & v["buyer_cn"],
-            "export_fob": v["seller_cn"] & ~v["buyer_cn"],
-            "alliance_landed": v["buyer_bloc"] == BLOCS.index("alliance"),
-            "compliant": v["compliant"],
-        }
-        table = {}
-        for kind, mask in select.items():
-            prices = model.edge_ask  # per edge, US$/kg
-            if kind == "alliance_landed":
-                prices = model.edge_landed
-            elif kind == "export_fob":
-                prices = prices * (1.0 + model.world.edges.duty)  # duty paid
-            selected = flow if mask is True else flow * mask  # per edge: tonnes of this kind
-            traded, value = by_product(selected), by_product(selected * prices)
-            # a trade counts when it is more than a billionth of the product's volume this
-            # tick, so vanishing logit tails (underflowing differently at different scales)
-            # do not count
-            counts = traded > NEGLIGIBLE_SHARE * volume
-            table[kind] = np.where(counts, value / np.where(counts, traded, 1.0), np.nan)
-        v["prices"] = table
-    return v["prices"]
+def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
+    g, e = _groups(model), model.world.edges
+    flow, ask = e.flow_t, model.edge_ask  # per edge: t, US$/kg
+    select = {  # per kind: the trades (per edge; None: all) and the price they count at
+        "world": (None, ask),
+        "cn_domestic": (g.cn_domestic, ask),
+        "export_fob": (g.export_fob, None),  # the ask plus export duty, filled in below
+        "alliance_landed": (g.alliance_buyer, model.edge_landed),
+        "compliant": (model.compliant_rows(e.seller), ask),
+    }
+    sums = np.zeros((len(select), 2, len(g.has_edges)))  # per kind: (tonnes, value) × product
+    selected, value = work = g.edge_work  # per edge, overwritten kind by kind
+    for k, (mask, price) in enumerate(select.values()):
+        if price is None:  # duty paid: the ask times (1 + duty)
+            price = np.multiply(ask, np.add(1.0, e.duty, out=value), out=value)
+        if mask is None:
+            np.copyto(selected, flow)
+        else:
+            np.multiply(flow, mask, out=selected)
+        np.multiply(selected, price, out=value)
+        if len(g.market_starts):  # markets tile the edge list in product order
+            sums[k][:, g.has_edges] = np.add.reduceat(work, g.market_starts, axis=1)
+    traded, value_usd = sums[:, 0], sums[:, 1]  # per kind × product
+    volume = traded[0]  # per product: every trade
+    # a trade counts when it is more than a billionth of the product's volume this tick, so
+    # vanishing logit tails (underflowing differently at different scales) do not count
+    counts = traded > NEGLIGIBLE_SHARE * volume
+    prices = np.where(counts, value_usd / np.where(counts, traded, 1.0), np.nan)
+    return dict(zip(select, prices, strict=True))
 
 
 def two_tier_spread(model: RareEarthModel, product: int) -> float:
@@ -136,10 +221,7 @@ def two_tier_spread(model: RareEarthModel, product: int) -> float:
 # ------------------------------------------------------------------ dependency
 
 
-def _consumption_value_weights(model: RareEarthModel) -> np.ndarray:
-    """Per buyer: weight of a tonne consumed, its product's reference price (value basis)."""
-    b = model.world.buyers
-    return model.world.reference_price[b.product]
+_DEPENDENCY_KINDS = ("processed", "route", "separated", "mined")
 
 
 def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
@@ -154,41 +236,47 @@ def dependency(model: RareEarthModel, bloc: int, kind: str) -> float:
 
 def _dependency_table(model: RareEarthModel) -> dict[str, np.ndarray]:
     """Per kind (see :func:`dependency`), per bloc: this tick's dependency, computed once."""
-    v = _edge_view(model)
-    if "dependency" not in v:
-        w = model.world
-        b = w.buyers
-        bloc = w.country_bloc[b.country]  # per buyer
-        weight = _consumption_value_weights(model)  # per buyer
-        attr_mass = model.consumed_attr_t  # per buyer × attribute, t
-        linked = {  # per buyer: tonnes consumed with the link
-            "processed": attr_mass[:, w.layout.processed_cn],
-            "route": attr_mass[:, w.layout.touched_cn],
-            "separated": provenance.separated_in(attr_mass, w.layout, w.china),
-            "mined": provenance.mined_in(attr_mass, w.layout, w.china),
-        }
-        total = np.bincount(bloc, weight * b.consumed_t, minlength=len(BLOCS))  # per bloc
-        some = total > 0
-        v["dependency"] = {
-            kind: np.where(
-                some,
-                np.bincount(bloc, weight * tonnes, minlength=len(BLOCS))
-                / np.where(some, total, 1.0),
-                np.nan,
-            )
-            for kind, tonnes in linked.items()
-        }
-    return v["dependency"]
+    return _table(model, "dependency", _compute_dependency)
+
+
+def _compute_dependency(model: RareEarthModel) -> dict[str, np.ndarray]:
+    w, g = model.world, _groups(model)
+    attr_mass = model.consumed_attr_t  # per buyer × attribute, t
+    tonnes = np.stack(  # per (all consumption, then each kind of link) × buyer, t
+        [
+            w.buyers.consumed_t,
+            attr_mass[:, w.layout.processed_cn],
+            attr_mass[:, w.layout.touched_cn],
+            provenance.separated_in(attr_mass, w.layout, w.china),
+            provenance.mined_in(attr_mass, w.layout, w.china),
+        ]
+    )
+    value = np.bincount(  # per (all, then each kind) × bloc, at reference prices
+        g.buyer_kind_bloc.ravel(),
+        (g.value_weight * tonnes).ravel(),
+        minlength=tonnes.shape[0] * len(BLOCS),
+    ).reshape(tonnes.shape[0], len(BLOCS))
+    total, some = value[0], value[0] > 0  # per bloc
+    shares = np.where(some, value[1:] / np.where(some, total, 1.0), np.nan)  # per kind × bloc
+    return dict(zip(_DEPENDENCY_KINDS, shares, strict=True))
 
 
 # ------------------------------------------------------------------ production structure
 
 
 def _output_by_country(model: RareEarthModel, stage: int) -> np.ndarray:
-    p = model.world.producers
-    in_stage = p.stage == stage
-    out = p.output_t[in_stage] * (model.world.reo_content[-1] if stage == 2 else 1.0)
-    return np.bincount(p.country[in_stage], out, minlength=model.world.layout.n_countries)
+    """Per country: this tick's output of a stage (t REO; magnets by their REO content)."""
+    return _table(model, "output_by_country", _compute_output_by_country)[stage]
+
+
+def _compute_output_by_country(model: RareEarthModel) -> np.ndarray:
+    w, g = model.world, _groups(model)
+    p = w.producers
+    reo = np.where(p.stage == 2, w.reo_content[-1], 1.0) * p.output_t  # per producer
+    n_countries = w.layout.n_countries
+    return np.bincount(g.stage_country, reo, minlength=len(STAGES) * n_countries).reshape(
+        len(STAGES), n_countries
+    )  # per stage × country
 
 
 def china_share(model: RareEarthModel, stage: int) -> float:
@@ -212,31 +300,31 @@ def capacity(model: RareEarthModel, stage: int, bloc: int) -> float:
 
 def _stage_bloc_table(model: RareEarthModel) -> dict[str, np.ndarray]:
     """Per stage × bloc: built capacity and this tick's profit, computed once per tick."""
-    v = _edge_view(model)
-    if "stage_bloc" not in v:
-        p, w = model.world.producers, model.world
-        cell = p.stage * len(BLOCS) + w.country_bloc[p.country]  # per producer
-        built = (p.status == OPERATING) | (p.status == IDLE)  # per producer
-        cells, shape = len(STAGES) * len(BLOCS), (len(STAGES), len(BLOCS))
-        v["stage_bloc"] = {
-            "capacity": np.bincount(cell, p.capacity_t_per_yr * built, cells).reshape(shape),
-            "profit": np.bincount(cell, model.tick_profit, cells).reshape(shape),
-        }
-    return v["stage_bloc"]
+    return _table(model, "stage_bloc", _compute_stage_bloc)
+
+
+def _compute_stage_bloc(model: RareEarthModel) -> dict[str, np.ndarray]:
+    p, cell = model.world.producers, _groups(model).stage_bloc  # per producer
+    built = (p.status == OPERATING) | (p.status == IDLE)  # per producer
+    cells, shape = len(STAGES) * len(BLOCS), (len(STAGES), len(BLOCS))
+    return {
+        "capacity": np.bincount(cell, p.capacity_t_per_yr * built, cells).reshape(shape),
+        "profit": np.bincount(cell, model.tick_profit, cells).reshape(shape),
+    }
 
 
 def utilisation(model: RareEarthModel, stage: int) -> float:
     """Output over effective capacity, operating producers of a stage."""
-    p = model.world.producers
-    mask = p.stage == stage
-    cap = model.effective_capacity[mask].sum()
-    return float(p.output_t[mask].sum() / cap) if cap > 0 else float("nan")
+    producers = _groups(model).stage_producers[stage]
+    cap = model.effective_capacity[producers].sum()
+    output = model.world.producers.output_t[producers].sum()
+    return float(output / cap) if cap > 0 else float("nan")
 
 
 def active_producers(model: RareEarthModel, stage: int) -> float:
     """Number of operating producers of a stage."""
-    p = model.world.producers
-    return float(((p.stage == stage) & (p.status == OPERATING)).sum())
+    status = model.world.producers.status[_groups(model).stage_producers[stage]]
+    return float(np.count_nonzero(status == OPERATING))
 
 
 def profit(model: RareEarthModel, stage: int, bloc: int) -> float:
@@ -252,23 +340,25 @@ def shortage(model: RareEarthModel, bloc: int, product: int | None = None) -> fl
 
     With ``product``, only the need of buyers of that product.
     """
-    w = model.world
-    b = w.buyers
-    mine = w.country_bloc[b.country] == bloc
-    if product is not None:
-        mine &= b.product == product
-    weight = _consumption_value_weights(model)[mine]
-    need = (weight * b.need_t[mine]).sum()
-    got = (weight * b.consumed_t[mine]).sum()
-    return float(1 - got / need) if need > 0 else float("nan")
+    return _table(model, "shortage", _compute_shortage)[bloc, product]
+
+
+def _compute_shortage(model: RareEarthModel) -> dict[tuple[int, int | None], float]:
+    """Per (bloc, product or None for all products): this tick's shortage."""
+    g, b = _groups(model), model.world.buyers
+    need_value, got_value = g.value_weight * b.need_t, g.value_weight * b.consumed_t  # per buyer
+    table = {}
+    for order, runs in g.shortage_runs:
+        need_by_run, got_by_run = need_value[order], got_value[order]  # per buyer, run by run
+        for cell, run in runs.items():
+            need = need_by_run[run].sum()
+            table[cell] = float(1 - got_by_run[run].sum() / need) if need > 0 else float("nan")
+    return table
 
 
 def seller_stock(model: RareEarthModel, product: int) -> float:
     """Tonnes of a product held by sellers (the balance problem shows here)."""
-    s = model.world.stocks
-    producer = (s.owner_kind == MINE) | (s.owner_kind == PROCESSOR)  # per row
-    mask = (s.product == product) & producer & (s.role == 0)
-    return float(s.qty_t[mask].sum())
+    return float(model.world.stocks.qty_t[_groups(model).seller_rows[product]].sum())
 
 
 def _reserve_price(model: RareEarthModel) -> float:
@@ -615,14 +705,11 @@ def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:
         the last separation column being "not separated"): ``product``, ``bloc``, ``mine``,
         ``separation`` (indices) and ``t`` (tonnes of the product consumed).
     """
-    w = model.world
-    b = w.buyers
+    w, g = model.world, _groups(model)
     n = w.layout.n_countries
-    origin = provenance.origin_matrix(model.consumed_attr_t, w.layout)  # per buyer × mine × sep
-    group = b.product * len(BLOCS) + w.country_bloc[b.country]  # per buyer: product × bloc
-    cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))
-    groups, origin_by_group = provenance.sum_by(group, origin)
-    cube[groups] = origin_by_group
+    by_group = g.consumption_members @ model.consumed_attr_t  # per group × attribute, t
+    cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))  # per product × bloc cell
+    cube[g.consumption_cells] = provenance.origin_matrix(by_group, w.layout)  # mine × sep
     cell, mine, sep = np.nonzero(cube > 0)
     return {
         "product": cell // len(BLOCS),

@@ -20,26 +20,38 @@ def run_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
+def group_matrix(keys: np.ndarray) -> tuple[np.ndarray, sparse.csr_array]:
+    """Distinct keys (increasing) and the group × lot matrix: 1 where the lot has the key.
+
+    ``matrix @ values`` sums rows of ``values`` per key, each group in lot order (the sums of
+    :func:`sum_by`). For keys that stay the same from tick to tick, build it once and reuse it.
+    """
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = run_starts(ordered)
+    members = sparse.csr_array(
+        (np.ones(len(keys)), order, np.append(starts, len(keys))), shape=(len(starts), len(keys))
+    )  # per group × lot: 1 where the lot belongs to the group
+    return ordered[starts], members
+
+
 def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``values`` (per lot, any trailing shape) over equal ``keys``: (unique keys, sums).
 
     A stable sort, then ``np.add.reduceat`` for one value per lot, or a sparse product for rows
-    of values (many times faster than ``reduceat`` or ``np.add.at`` along the first axis); each
-    group is summed in lot order. Keys already unique and increasing are returned as they are.
+    of values (:func:`group_matrix`; many times faster than ``reduceat`` or ``np.add.at`` along
+    the first axis); each group is summed in lot order. Keys already unique and increasing are
+    returned as they are.
     """
     if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
         return keys, values
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    starts = run_starts(ordered)
     if values.ndim == 1:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        starts = run_starts(ordered)
         return ordered[starts], np.add.reduceat(values[order], starts)
-    members = sparse.csr_array(
-        (np.ones(len(keys)), order, np.append(starts, len(keys))), shape=(len(starts), len(keys))
-    )  # per group × lot: 1 where the lot belongs to the group
-    return ordered[starts], (members @ values.reshape(len(keys), -1)).reshape(
-        len(starts), *values.shape[1:]
-    )
+    unique, members = group_matrix(keys)
+    return unique, (members @ values.reshape(len(keys), -1)).reshape(len(unique), *values.shape[1:])
 
 
 class Routes:
