@@ -659,8 +659,41 @@ def glossary_markdown(model: RareEarthModel) -> str:
     return "\n".join(["| name | unit | meaning |", "|---|---|---|", *rows])
 
 
+def country_flows(model: RareEarthModel, record: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One tick's edge flows summed per product and country pair (``flow_log: countries``).
+
+    Prices and the touched-by-China share become flow-weighted means over the pair's edges.
+    Each pair is keyed ``(product · countries + seller country) · countries + buyer country``.
+    """
+    w, e = model.world, model.world.edges
+    n_c = w.layout.n_countries
+    n_keys = len(w.products) * n_c * n_c
+    key = (e.product[record["edge"]] * n_c + e.seller_country[record["edge"]]) * n_c
+    key += e.buyer_country[record["edge"]]  # per moving edge
+    flow = record["flow_t"]
+    total = np.bincount(key, flow, minlength=n_keys)  # per pair
+    cells = np.flatnonzero(total > 0)
+    moved = total[cells]
+
+    def mean(per_t: np.ndarray) -> np.ndarray:
+        return np.bincount(key, flow * per_t, minlength=n_keys)[cells] / moved
+
+    return {
+        "tick": np.full(len(cells), model.tick),
+        "key": cells,
+        "flow_t": moved,
+        "ask_usd_per_kg": mean(record["ask_usd_per_kg"]),
+        "landed_usd_per_kg": mean(record["landed_usd_per_kg"]),
+        "touched_cn_share": mean(record["touched_cn_share"]),
+    }
+
+
 def flows_frame(model: RareEarthModel) -> pd.DataFrame:
-    """Edge flows of every collected tick: tick, seller, buyer, product, countries, prices."""
+    """Flows of every collected tick: tick, seller, buyer, product, countries, prices.
+
+    At ``flow_log: countries`` a row is a product's flow between two countries, its seller
+    and buyer the country codes; at ``none`` the frame is empty.
+    """
     columns = [
         "tick",
         "seller",
@@ -678,17 +711,28 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in model.flow_log[0]}
     w = model.world
     e, s = w.edges, w.stocks
-    edge = log["edge"]
-    names = np.array([a.name for a in model._row_agent])
     countries = np.array(w.layout.countries)
+    if "key" in log:  # product and country pair
+        product, pair = np.divmod(log["key"], w.layout.n_countries**2)
+        seller_country, buyer_country = (
+            countries[c] for c in np.divmod(pair, w.layout.n_countries)
+        )
+        seller, buyer = seller_country, buyer_country
+    else:
+        edge = log["edge"]
+        product = e.product[edge]
+        seller_country = countries[s.country[e.seller[edge]]]
+        buyer_country = countries[s.country[e.buyer[edge]]]
+        names = np.array([a.name for a in model._row_agent])
+        seller, buyer = names[e.seller[edge]], names[e.buyer[edge]]
     return pd.DataFrame(
         {
             "tick": log["tick"],
-            "seller": names[e.seller[edge]],
-            "buyer": names[e.buyer[edge]],
-            "product": np.array(w.products)[e.product[edge]],
-            "seller_country": countries[s.country[e.seller[edge]]],
-            "buyer_country": countries[s.country[e.buyer[edge]]],
+            "seller": seller,
+            "buyer": buyer,
+            "product": np.array(w.products)[product],
+            "seller_country": seller_country,
+            "buyer_country": buyer_country,
             "flow_t": log["flow_t"],
             "ask_usd_per_kg": log["ask_usd_per_kg"],
             "landed_usd_per_kg": log["landed_usd_per_kg"],

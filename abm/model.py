@@ -905,21 +905,25 @@ class RareEarthModel(mesa.Model):
         return self.config.magnet is not None and product == len(self.world.products) - 2
 
     def _log_flows(self) -> None:
+        """Keep this tick's flows at the resolution of ``config.flow_log``, and consumption."""
+        self.consumption_log.append(metrics.consumption_record(self))
+        if self.config.flow_log == "none":
+            return
         e = self.world.edges
         moving = np.flatnonzero(e.flow_t > 0)
         touched_cn = self.world.stocks.attrs[:, self.world.layout.touched_cn]  # per stock row
-        self.flow_log.append(
-            {
-                "tick": np.full(len(moving), self.tick),
-                "edge": moving,
-                "flow_t": e.flow_t[moving],
-                "ask_usd_per_kg": self.edge_ask[moving],
-                "landed_usd_per_kg": self.edge_landed[moving],
-                # np.take: several times faster than fancy indexing a strided column
-                "touched_cn_share": np.take(touched_cn, e.seller[moving]),
-            }
-        )
-        self.consumption_log.append(metrics.consumption_record(self))
+        record = {
+            "tick": np.full(len(moving), self.tick),
+            "edge": moving,
+            "flow_t": e.flow_t[moving],
+            "ask_usd_per_kg": self.edge_ask[moving],
+            "landed_usd_per_kg": self.edge_landed[moving],
+            # np.take: several times faster than fancy indexing a strided column
+            "touched_cn_share": np.take(touched_cn, e.seller[moving]),
+        }
+        if self.config.flow_log == "countries":
+            record = metrics.country_flows(self, record)
+        self.flow_log.append(record)
 
     # ------------------------------------------------------------------ balances
 

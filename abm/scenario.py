@@ -422,6 +422,14 @@ class Scenario(_Strict):
     projects: list[Project] = Field(default_factory=list)
     policies: Policies = Policies()
     events: list[Event] = Field(default_factory=list)
+    flow_log: Literal["edges", "countries", "none"] = Field(
+        "edges",
+        description=(
+            "flows kept each tick: every edge that moved material, totals per product and "
+            "country pair (for firm-level worlds: the edge log grows by ~50 bytes per edge a "
+            "tick), or none at all"
+        ),
+    )
 
     @property
     def products(self) -> list[str]:

@@ -1,0 +1,71 @@
+"""The flow log's resolutions (``flow_log``): every edge, country pairs, or none."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from abm.model import RareEarthModel
+from abm.scenario import ScenarioError, load_scenario
+from tests.test_cli import SMALL, abm
+from tests.worlds import CONFIGS
+
+KEYS = ["tick", "product", "seller_country", "buyer_country"]
+
+
+def _runs(ticks: int = 18) -> dict[str, RareEarthModel]:
+    base = load_scenario(CONFIGS / "baseline.yaml")
+    models = {
+        level: RareEarthModel(base.model_copy(update={"flow_log": level}), rng=3)
+        for level in ("edges", "countries", "none")
+    }
+    for model in models.values():
+        for _ in range(ticks):
+            model.step()
+    return models
+
+
+def test_country_log_is_the_edge_log_summed_per_product_and_country_pair():
+    models = _runs()
+    edges, countries = models["edges"].flows_frame(), models["countries"].flows_frame()
+    assert list(countries.columns) == list(edges.columns)
+    assert (countries["seller"] == countries["seller_country"]).all()
+    weighted = edges.assign(
+        ask=edges.flow_t * edges.ask_usd_per_kg,
+        landed=edges.flow_t * edges.landed_usd_per_kg,
+        touched=edges.flow_t * edges.touched_cn_share,
+    )
+    summed = weighted.groupby(KEYS)[["flow_t", "ask", "landed", "touched"]].sum().reset_index()
+    both = summed.merge(countries, on=KEYS, how="outer", indicator=True)
+    assert (both["_merge"] == "both").all()  # the same pairs each tick, no more, no fewer
+    np.testing.assert_allclose(both["flow_t_y"], both["flow_t_x"], rtol=1e-12)
+    for mean, total in (("ask_usd_per_kg", "ask"), ("landed_usd_per_kg", "landed")):
+        np.testing.assert_allclose(both[mean], both[total] / both["flow_t_x"], rtol=1e-12)
+    np.testing.assert_allclose(
+        both["touched_cn_share"], both["touched"] / both["flow_t_x"], rtol=1e-12, atol=1e-15
+    )
+
+
+def test_the_log_level_changes_no_metric_and_none_keeps_no_flows():
+    models = _runs()
+    metrics = {k: m.datacollector.get_model_vars_dataframe() for k, m in models.items()}
+    pd.testing.assert_frame_equal(metrics["countries"], metrics["edges"])
+    pd.testing.assert_frame_equal(metrics["none"], metrics["edges"])
+    off = models["none"].flows_frame()
+    assert off.empty and list(off.columns) == list(models["edges"].flows_frame().columns)
+    assert len(models["none"].consumption_log) == len(models["edges"].consumption_log)
+
+
+def test_an_unknown_log_level_is_a_one_line_error_naming_key_and_value():
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(SMALL, ["flow_log=firms"])
+    message = str(info.value)
+    assert "flow_log" in message and "firms" in message and "\n" not in message
+
+
+def test_a_run_without_flow_log_writes_a_complete_folder_with_empty_flows(tmp_path):
+    out = tmp_path / "runs"
+    done = abm("run", str(SMALL), "--ticks", "6", "--set", "flow_log=none", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    (folder,) = out.iterdir()
+    assert pd.read_parquet(folder / "flows.parquet").empty
+    assert not pd.read_parquet(folder / "metrics.parquet").empty
