@@ -659,21 +659,23 @@ def glossary_markdown(model: RareEarthModel) -> str:
     return "\n".join(["| name | unit | meaning |", "|---|---|---|", *rows])
 
 
-def country_flows(model: RareEarthModel, record: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One tick's edge flows summed per product and country pair (``flow_log: countries``).
+def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """This tick's flows summed per product and country pair (``flow_log: countries``).
 
     Prices and the touched-by-China share become flow-weighted means over the pair's edges.
     Each pair is keyed ``(product · countries + seller country) · countries + buyer country``.
+    Sums run over every edge in edge order (edges that moved nothing add exactly zero), so
+    they equal sums over the edge log.
     """
     w, e = model.world, model.world.edges
     n_c = w.layout.n_countries
     n_keys = len(w.products) * n_c * n_c
-    key = (e.product[record["edge"]] * n_c + e.seller_country[record["edge"]]) * n_c
-    key += e.buyer_country[record["edge"]]  # per moving edge
-    flow = record["flow_t"]
+    key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country  # per edge
+    flow = e.flow_t
     total = np.bincount(key, flow, minlength=n_keys)  # per pair
     cells = np.flatnonzero(total > 0)
     moved = total[cells]
+    touched = np.take(w.stocks.attrs[:, w.layout.touched_cn], e.seller)  # per edge
 
     def mean(per_t: np.ndarray) -> np.ndarray:
         return np.bincount(key, flow * per_t, minlength=n_keys)[cells] / moved
@@ -682,9 +684,9 @@ def country_flows(model: RareEarthModel, record: dict[str, np.ndarray]) -> dict[
         "tick": np.full(len(cells), model.tick),
         "key": cells,
         "flow_t": moved,
-        "ask_usd_per_kg": mean(record["ask_usd_per_kg"]),
-        "landed_usd_per_kg": mean(record["landed_usd_per_kg"]),
-        "touched_cn_share": mean(record["touched_cn_share"]),
+        "ask_usd_per_kg": mean(model.edge_ask),
+        "landed_usd_per_kg": mean(model.edge_landed),
+        "touched_cn_share": mean(touched),
     }
 
 

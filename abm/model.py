@@ -907,23 +907,24 @@ class RareEarthModel(mesa.Model):
     def _log_flows(self) -> None:
         """Keep this tick's flows at the resolution of ``config.flow_log``, and consumption."""
         self.consumption_log.append(metrics.consumption_record(self))
-        if self.config.flow_log == "none":
+        if self.config.flow_log != "edges":
+            if self.config.flow_log == "countries":
+                self.flow_log.append(metrics.country_flows(self))
             return
         e = self.world.edges
         moving = np.flatnonzero(e.flow_t > 0)
         touched_cn = self.world.stocks.attrs[:, self.world.layout.touched_cn]  # per stock row
-        record = {
-            "tick": np.full(len(moving), self.tick),
-            "edge": moving,
-            "flow_t": e.flow_t[moving],
-            "ask_usd_per_kg": self.edge_ask[moving],
-            "landed_usd_per_kg": self.edge_landed[moving],
-            # np.take: several times faster than fancy indexing a strided column
-            "touched_cn_share": np.take(touched_cn, e.seller[moving]),
-        }
-        if self.config.flow_log == "countries":
-            record = metrics.country_flows(self, record)
-        self.flow_log.append(record)
+        self.flow_log.append(
+            {
+                "tick": np.full(len(moving), self.tick),
+                "edge": moving,
+                "flow_t": e.flow_t[moving],
+                "ask_usd_per_kg": self.edge_ask[moving],
+                "landed_usd_per_kg": self.edge_landed[moving],
+                # np.take: several times faster than fancy indexing a strided column
+                "touched_cn_share": np.take(touched_cn, e.seller[moving]),
+            }
+        )
 
     # ------------------------------------------------------------------ balances
 
