@@ -144,13 +144,15 @@ class Producer(mesa.Agent):
         market_view: bool,
         guaranteed: np.ndarray | None = None,
         prices: np.ndarray | None = None,
+        producers: np.ndarray | None = None,
     ) -> np.ndarray:
         """Per producer: expected margin per kg of output capacity unit (US$/kg).
 
         With ``market_view`` the margin uses market-wide expected prices (for idle producers
         and projects, which sell nothing); otherwise each producer's own expected prices.
         ``guaranteed`` (per product) raises the market-view sale prices to a price floor;
-        ``prices`` (per product) replaces the market-wide expected prices.
+        ``prices`` (per product) replaces the market-wide expected prices. ``producers`` (an
+        index array) limits the result to those producers, in that order (default: all).
         """
         w, p, s = model.world, model.world.producers, model.world.stocks
         n_e = len(w.layout.elements)
@@ -159,43 +161,48 @@ class Producer(mesa.Agent):
         sale_price = market  # per product, as revenue
         if guaranteed is not None:
             sale_price = np.maximum(sale_price, guaranteed)
-        margin = np.zeros(len(p.names))
-        mine = p.stage == 0
-        sep = p.stage == 1
-        mag = p.stage == 2
-        basket = p.composition @ oxide_price  # per producer: oxide value of its ore, US$/kg
-        if market_view:
-            conc = model.concentrate_price_per_basket_value * basket
-        else:
-            conc = s.expected_price_usd_per_kg[np.maximum(p.output_rows[:, 0], 0)]
-        margin[mine] = conc[mine] - p.unit_cost_usd_per_kg[mine]
-        typical_ore = model.typical_ore_composition  # per element
-        yields = typical_ore * p.recovery  # per producer × element
-        if not market_view:  # a plant's own view: the ore it actually holds and pays for
-            held = s.attrs[np.maximum(p.input_rows[:, 0], 0), w.layout.composition]
-            has_ore = (p.input_rows[:, 0] >= 0) & (held.sum(axis=1) > 0)
-            yields = np.where(has_ore[:, None], held, typical_ore) * p.recovery
-        if market_view:
-            value = yields @ sale_price[1 : 1 + n_e]
-            input_cost = np.full(
-                len(p.names), model.concentrate_price_per_basket_value * (typical_ore @ oxide_price)
-            )
-        else:
-            out = p.output_rows[:, 1 : 1 + n_e]
-            own = np.where(
-                out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], oxide_price[None, :]
-            )
-            value = (yields * own).sum(axis=1)
-            input_cost = s.expected_price_usd_per_kg[np.maximum(p.input_rows[:, 0], 0)]
-        margin[sep] = value[sep] - p.unit_cost_usd_per_kg[sep] - input_cost[sep]
-        if mag.any():
+        ids = np.arange(len(p.names)) if producers is None else producers
+        stage = p.stage[ids]
+        margin = np.zeros(len(ids))
+        mine, sep, mag = (np.flatnonzero(stage == k) for k in range(3))  # positions in ids
+        if len(mine):
+            miners = ids[mine]
+            if market_view:
+                # oxide value of the ore, US$/kg (one product over all producers: the same
+                # rounding whichever producers are asked for)
+                basket = (p.composition @ oxide_price)[miners]
+                conc = model.concentrate_price_per_basket_value * basket
+            else:
+                conc = s.expected_price_usd_per_kg[np.maximum(p.output_rows[miners, 0], 0)]
+            margin[mine] = conc - p.unit_cost_usd_per_kg[miners]
+        if len(sep):
+            plants = ids[sep]
+            typical_ore = model.typical_ore_composition  # per element
+            recovery = p.recovery[plants]  # per plant × element
+            input_rows = p.input_rows[plants, 0]
+            if market_view:
+                value = ((typical_ore * p.recovery) @ sale_price[1 : 1 + n_e])[plants]
+                input_cost = model.concentrate_price_per_basket_value * (typical_ore @ oxide_price)
+            else:  # a plant's own view: the ore it actually holds and pays for
+                held = s.attrs[np.maximum(input_rows, 0), w.layout.composition]
+                has_ore = (input_rows >= 0) & (held.sum(axis=1) > 0)
+                yields = np.where(has_ore[:, None], held, typical_ore) * recovery
+                out = p.output_rows[plants, 1 : 1 + n_e]
+                own = np.where(
+                    out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], oxide_price[None, :]
+                )
+                value = (yields * own).sum(axis=1)
+                input_cost = s.expected_price_usd_per_kg[np.maximum(input_rows, 0)]
+            margin[sep] = value - p.unit_cost_usd_per_kg[plants] - input_cost
+        if len(mag):
+            plants = ids[mag]
             magnet = w.products.index("magnet")
             recipe_cost = w.magnet_recipe @ oxide_price
             if market_view:
-                price = np.full(len(p.names), sale_price[magnet])
+                price = sale_price[magnet]
             else:
-                price = s.expected_price_usd_per_kg[np.maximum(p.output_rows[:, magnet], 0)]
-            margin[mag] = price[mag] - p.unit_cost_usd_per_kg[mag] - recipe_cost
+                price = s.expected_price_usd_per_kg[np.maximum(p.output_rows[plants, magnet], 0)]
+            margin[mag] = price - p.unit_cost_usd_per_kg[plants] - recipe_cost
         return margin
 
     @staticmethod
@@ -507,7 +514,7 @@ class Processor(Producer):
             coef = w.magnet_recipe[product - 1] * np.ones(len(users))
             out_rows = p.output_rows[users, w.products.index("magnet")]
             planned = np.minimum(cap, output_target(model, out_rows, cap))
-        margin_ok = Producer.unit_margin(model, market_view=False)[users] > 0
+        margin_ok = Producer.unit_margin(model, market_view=False, producers=users) > 0
         planned = np.where(margin_ok, planned, 0.0)
         target = (planned + model.months_to_ticks(cover) * cap) * coef
         s.desired_t[rows] = np.clip(target - s.qty_t[rows] - model.in_transit_t[rows], 0, None)

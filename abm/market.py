@@ -155,7 +155,7 @@ def clear(
         buyer_starts = None
     n_sellers, n_edges = len(available), len(cost)
     nothing = _tiny(available, demand)
-    left = available.astype(float).copy()  # per seller
+    left = available.astype(float)  # per seller (a copy)
     want_compliant = demand * min_compliant_share  # per buyer
     want_any = demand - want_compliant  # per buyer
     any_compliant = bool(want_compliant.any())  # a compliant tranche in any round

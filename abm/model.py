@@ -601,6 +601,8 @@ class RareEarthModel(mesa.Model):
         """
         w, s = self.world, self.world.stocks
         rule = self.config.policies.compliance.min_compliant_share
+        if rule <= 0:  # no alliance rule: each buyer's own requirement (never negative)
+            return self.row_min_compliant[rows]
         member = (s.owner_kind[rows] == BUYER) & (
             w.country_bloc[s.country[rows]] == BLOCS.index("alliance")
         )

@@ -400,3 +400,22 @@ def test_capacity_and_profit_tables_match_producer_by_producer_sums():
             profit = sum(model.tick_profit[i] for i in mine)
             np.testing.assert_allclose(metrics.capacity(model, stage, bloc), capacity, **TOL)
             np.testing.assert_allclose(metrics.profit(model, stage, bloc), profit, **TOL)
+
+
+# ------------------------------------------------------------------ margins and offers
+
+
+def test_margins_of_some_producers_equal_those_of_all_producers():
+    from abm.agents import Producer
+
+    model = RareEarthModel(load_scenario(CONFIGS / "baseline.yaml"), rng=2)
+    rng = np.random.default_rng(0)
+    n = len(model.world.producers.names)
+    for _ in range(30):
+        model.step()
+        some = rng.choice(n, size=rng.integers(1, n), replace=False)
+        for market_view in (False, True):
+            every = Producer.unit_margin(model, market_view)
+            np.testing.assert_array_equal(
+                Producer.unit_margin(model, market_view, producers=some), every[some]
+            )
