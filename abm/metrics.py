@@ -17,6 +17,7 @@ from functools import partial
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+import mesa
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -639,6 +640,30 @@ def _build_registry(model: RareEarthModel) -> list[Metric]:
 def registry(model: RareEarthModel) -> list[Metric]:
     """The metrics of this model's world (depend on its products)."""
     return _build_registry(model)
+
+
+class Collector(mesa.DataCollector):
+    """Mesa's ``DataCollector`` for reporters that return floats, which need no copying.
+
+    Mesa deep-copies every reported value (a reporter could return a list it goes on
+    changing); ours return floats, which are immutable, so after Mesa's own first collection
+    (which validates the reporters) values are appended as they are. Agent and table
+    reporters, if a user adds any, go through Mesa's collection as before.
+    """
+
+    def collect(self, model: mesa.Model) -> None:
+        """Record every model reporter's value for this tick."""
+        if (
+            not getattr(self, "_validated", False)
+            or self.agent_reporters
+            or self.agenttype_reporters
+        ):
+            super().collect(model)
+            return
+        if hasattr(self, "_collection_steps"):
+            self._collection_steps.append(model.time)
+        for var, reporter in self.model_reporters.items():
+            self.model_vars[var].append(reporter(model))
 
 
 def reporters(model: RareEarthModel) -> dict[str, Callable[[RareEarthModel], float]]:

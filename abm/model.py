@@ -143,7 +143,7 @@ class RareEarthModel(mesa.Model):
         self._begin_tick()
         self.tick_profit = np.zeros(len(self.world.producers.names))
         self._warm_up(scenario.market.warmup_ticks)
-        self.datacollector = mesa.DataCollector(model_reporters=metrics.reporters(self))
+        self.datacollector = metrics.Collector(model_reporters=metrics.reporters(self))
         self.datacollector.collect(self)
 
     # ------------------------------------------------------------------ the tick

@@ -368,3 +368,18 @@ def test_invariant_check_raises_like_the_agent_by_agent_check(world):
         restore()
     assert outcome(invariants.check, model) is None  # restored whole
     assert raised > 60  # most perturbations break an invariant: the comparison is not vacuous
+
+
+def test_the_collector_keeps_what_mesas_collector_keeps_and_every_metric_is_a_float():
+    import mesa
+    import pandas as pd
+
+    model = WORLDS["baseline"]()
+    plain = mesa.DataCollector(model_reporters=metrics.reporters(model))
+    plain.collect(model)
+    for _ in range(5):
+        model.step()
+        plain.collect(model)
+        assert all(isinstance(r(model), float) for r in metrics.reporters(model).values())
+    ours = model.datacollector.get_model_vars_dataframe().iloc[-6:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, plain.get_model_vars_dataframe())
