@@ -175,14 +175,12 @@ def _sound(model: RareEarthModel) -> bool:
         and (attrs.size == 0 or attrs.max() <= 1 + SHARE_TOLERANCE)
     ):
         return False
-    # provenance and composition of held stock sum to 1: a matrix-vector product per sum (one
-    # pass, no copy); its rounding differs from :func:`_locate`'s sums by far less than
-    # SUM_MARGIN
+    # provenance and composition of held stock sum to 1: a row sum over a view of the columns
+    # (no copy, and no BLAS call, whose idle threads would spin on the other cores); its
+    # rounding differs from :func:`_locate`'s sums by far less than SUM_MARGIN
     held = qty > 0  # per row
     for columns in (slice(0, w.layout.n_origin), w.layout.composition):
-        in_sum = np.zeros(w.layout.width)  # per attribute: 1 where it is a share of the sum
-        in_sum[columns] = 1.0
-        total = (attrs @ in_sum)[held]  # per held row
+        total = attrs[:, columns].sum(axis=1)[held]  # per held row
         if not np.abs(total - 1.0).max(initial=0.0) <= SHARE_TOLERANCE - SUM_MARGIN:
             return False
     return True

@@ -20,6 +20,7 @@ Options: ``--quick`` (1,000 and 10,000 buyers only, no sweeps: a minute or two),
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (1_000, 10_000, 100_000)
 CLEARING_SIZES = (1_000, 10_000)
+FLOW_LOGS = ("edges", "countries")  # flow-log resolutions the synthetic worlds run at
 SECTIONS = ("baseline", "scaling", "clearing", "sweep")
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
 
@@ -118,12 +120,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         within = 100 * base["collection_overhead"]
         out.append(_target("baseline: data collection adds", within, 20, False, "%"))
-    scaling = {r["n_buyers"]: r for r in results.get("scaling", []) if "ticks_per_s" in r}
-    for size, limit in ((10_000, 25.0), (100_000, 3.0)):
-        record = scaling.get(size)
+    scaling = {
+        (r["n_buyers"], r.get("flow_log", "edges")): r
+        for r in results.get("scaling", [])
+        if "ticks_per_s" in r
+    }
+    for (size, limit), level in itertools.product(((10_000, 25.0), (100_000, 3.0)), FLOW_LOGS):
+        record = scaling.get((size, level))
         out.append(
             _target(
-                f"{size:,} buyers",
+                f"{size:,} buyers, {level} flow log",
                 record["ticks_per_s"] if record else None,
                 limit,
                 True,
@@ -131,10 +137,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 1 / record["tick_cpu_s"] if record else None,
             )
         )
-    if "exponent" in results:
-        out.append(
-            _target("cost exponent", results["exponent"], 1.1, False, "", results["exponent_cpu"])
-        )
+    for level in FLOW_LOGS:
+        if level in results.get("exponent", {}):
+            fit, fit_cpu = results["exponent"][level], results["exponent_cpu"][level]
+            out.append(_target(f"cost exponent, {level} flow log", fit, 1.1, False, "", fit_cpu))
     for record in results.get("clearing", []):
         if record.get("n_buyers") == 10_000 and "speedup" in record:
             out.append(
@@ -175,12 +181,13 @@ def _baseline_table(base: dict[str, Any]) -> str:
     return _table(title, header, [cells])
 
 
-def _scaling_table(scaling: list[dict[str, Any]], exponent: float | None) -> str:
-    header = ["buyers", "edges", "set-up s", "of it warm-up s", "tick s", "tick CPU s"]
+def _scaling_table(scaling: list[dict[str, Any]], exponent: dict[str, float] | None) -> str:
+    header = ["buyers", "flow log", "edges", "set-up s", "of it warm-up s", "tick s", "tick CPU s"]
     header += ["ticks/s", "ns/edge/tick", "peak MiB"]
     rows = [
         [
             f"{r['n_buyers']:,}",
+            r.get("flow_log", "edges"),
             f"{r['edges']:,}",
             f"{r['validate_s'] + r['setup_s']:.1f}",
             f"{r['warmup_s']:.1f}",
@@ -196,7 +203,10 @@ def _scaling_table(scaling: list[dict[str, Any]], exponent: float | None) -> str
         f"2. Synthetic worlds ({scaling[0]['countries']} countries, 20 suppliers per buying "
         f"stock; set-up = validation + model incl. {scaling[0]['warmup_ticks']}-tick warm-up)"
     )
-    fit = "" if exponent is None else f"\nfitted exponent of tick time against size: {exponent:.2f}"
+    fit = "".join(
+        f"\nfitted exponent of tick time against size, {level} flow log: {value:.2f}"
+        for level, value in (exponent or {}).items()
+    )
     return _table(title, header, rows) + fit
 
 
@@ -304,12 +314,15 @@ def run(sections: tuple[str, ...], quick: bool) -> dict[str, Any]:
         results["baseline"] = _case("baseline")
     if "scaling" in sections:
         sizes = SIZES[:2] if quick else SIZES
-        results["scaling"] = [_case("scaling", n) for n in sizes]
-        done = [r for r in results["scaling"] if "tick_s" in r]
-        if len(done) >= 2:
-            sizes = [r["n_buyers"] for r in done]
-            results["exponent"] = fitted_exponent(sizes, [r["tick_s"] for r in done])
-            results["exponent_cpu"] = fitted_exponent(sizes, [r["tick_cpu_s"] for r in done])
+        results["scaling"] = [_case("scaling", n, level) for level in FLOW_LOGS for n in sizes]
+        results["exponent"], results["exponent_cpu"] = {}, {}
+        for level in FLOW_LOGS:
+            done = [r for r in results["scaling"] if "tick_s" in r and r["flow_log"] == level]
+            if len(done) >= 2:
+                sizes = [r["n_buyers"] for r in done]
+                tick, cpu = [r["tick_s"] for r in done], [r["tick_cpu_s"] for r in done]
+                results["exponent"][level] = fitted_exponent(sizes, tick)
+                results["exponent_cpu"][level] = fitted_exponent(sizes, cpu)
     if "clearing" in sections:
         results["clearing"] = [_case("clearing", n) for n in CLEARING_SIZES]
     if "sweep" in sections and not quick:

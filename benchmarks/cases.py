@@ -145,8 +145,12 @@ def baseline() -> dict[str, Any]:
     return record
 
 
-def scaling(n_buyers: int) -> dict[str, Any]:
-    """Synthetic world of ``n_buyers``: set-up, ticks per second, ns per edge per tick."""
+def scaling(n_buyers: int, flow_log: str = "edges") -> dict[str, Any]:
+    """Synthetic world of ``n_buyers``: set-up, ticks per second, ns per edge per tick.
+
+    Metrics are collected every tick; ``flow_log`` is the scenario's flow-log resolution
+    (``edges``, the default, or ``countries``, which firm-level worlds need: see docs/model.md).
+    """
     record = _import_abm()
     from abm.model import RareEarthModel
     from abm.scenario import build_scenario
@@ -154,6 +158,7 @@ def scaling(n_buyers: int) -> dict[str, Any]:
 
     warm = _timing_warm_up(RareEarthModel)
     record["generate_s"], _, data = _timed(lambda: synthetic_scenario_data(n_buyers))
+    data["flow_log"] = flow_log
     record["validate_s"], _, scenario = _timed(lambda: build_scenario(data, "synthetic"))
     record["setup_s"], _, model = _timed(lambda: RareEarthModel(scenario, rng=0))
     record["warmup_s"] = warm["warmup_s"]
@@ -169,6 +174,7 @@ def scaling(n_buyers: int) -> dict[str, Any]:
     edges = len(model.world.edges.seller)
     record.update(
         n_buyers=n_buyers,
+        flow_log=flow_log,
         n_mines=int((model.world.producers.stage == 0).sum()),
         n_plants=int((model.world.producers.stage > 0).sum()),
         edges=edges,
@@ -263,10 +269,10 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: list[str]) -> int:
-    """Run one case (``CASE [SIZE]``) and print its record as one JSON line."""
-    case, *size = argv
+    """Run one case (``CASE [SIZE [FLOW_LOG]]``) and print its record as one JSON line."""
+    case, *args = argv
     load = os.getloadavg()
-    record = CASES[case](*(int(s) for s in size))
+    record = CASES[case](*(int(a) if a.isdigit() else a for a in args))
     record.update(
         case=case,
         process_s=time.perf_counter() - START,
