@@ -695,12 +695,15 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     w, e = model.world, model.world.edges
     n_c = w.layout.n_countries
     n_keys = len(w.products) * n_c * n_c
-    key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country  # per edge
+    key = getattr(model, "_country_pair_key", None)  # per edge (edges never change)
+    if key is None:
+        key = model._country_pair_key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country
     flow = e.flow_t
     total = np.bincount(key, flow, minlength=n_keys)  # per pair
     cells = np.flatnonzero(total > 0)
     moved = total[cells]
-    touched = np.take(w.stocks.attrs[:, w.layout.touched_cn], e.seller)  # per edge
+    touched_cn = np.ascontiguousarray(w.stocks.attrs[:, w.layout.touched_cn])  # per stock row
+    touched = np.take(touched_cn, e.seller)  # per edge
 
     def mean(per_t: np.ndarray) -> np.ndarray:
         return np.bincount(key, flow * per_t, minlength=n_keys)[cells] / moved
