@@ -165,7 +165,7 @@ def clear(
         len(price_scale) > 0 and bool(np.all(price_scale == price_scale[0]))
     )
     finite = bool(np.isfinite(cost).all())
-    play = _InPlay(seller, cost, compliant, group, buyer, buyer_starts)
+    play = _InPlay(seller, cost, compliant if any_compliant else None, group, buyer, buyer_starts)
     if not eligible.all():
         play.keep(eligible)
     placed_any = False  # some round placed orders: flows and orders accumulated in ``play``
@@ -175,9 +175,10 @@ def clear(
         for _ in range(rounds):
             seller_in = left > nothing  # per seller: stock left
             buyer_in = (want_compliant + want_any)[play.buyer] > 0  # per live buyer: still wants
-            if not seller_in.all() or not buyer_in.all():
+            every_seller = bool(seller_in.all())
+            if not every_seller or not buyer_in.all():
                 in_play = np.repeat(buyer_in, play.lengths)  # per live edge
-                if not seller_in.all():
+                if not every_seller:
                     in_play &= seller_in[play.seller]
                 if (
                     not in_play.any()
@@ -263,7 +264,7 @@ class _InPlay:
         self,
         seller: np.ndarray,
         cost: np.ndarray,
-        compliant: np.ndarray,
+        compliant: np.ndarray | None,
         group: np.ndarray | None,
         buyer: np.ndarray,
         starts: np.ndarray | None,
@@ -285,15 +286,14 @@ class _InPlay:
         kept = keep.nonzero()[0]  # per kept edge: its live position
         per_run = np.add.reduceat(keep, self.starts, dtype=np.intp) if len(keep) else keep
         runs = per_run > 0
-        self.lengths = per_run[runs]
-        self.buyer = self.buyer[runs]
+        if runs.all():  # every buyer keeps an edge
+            self.lengths = per_run
+        else:
+            self.lengths, self.buyer = per_run[runs], self.buyer[runs]
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.at = kept if self.at is None else self.at[kept]
-        self.seller, self.cost, self.compliant = (
-            self.seller[kept],
-            self.cost[kept],
-            self.compliant[kept],
-        )
+        self.seller, self.cost = self.seller[kept], self.cost[kept]
+        self.compliant = None if self.compliant is None else self.compliant[kept]
         self.group = None if self.group is None else self.group[kept]
         if self.flow is not None:
             self.flow, self.ordered = self.flow[kept], self.ordered[kept]

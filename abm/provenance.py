@@ -20,37 +20,50 @@ def run_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
-def group_matrix(keys: np.ndarray) -> tuple[np.ndarray, sparse.csr_array]:
+def _sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stable sort of ``keys``: the order, the sorted keys, where each run of equals starts."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    return order, ordered, run_starts(ordered)
+
+
+def group_matrix(
+    keys: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, sparse.csr_array]:
     """Distinct keys (increasing) and the group × lot matrix: 1 where the lot has the key.
 
     ``matrix @ values`` sums rows of ``values`` per key, each group in lot order (the sums of
     :func:`sum_by`). For keys that stay the same from tick to tick, build it once and reuse it.
+    ``runs`` is :func:`_sorted_runs` of the keys if already at hand.
     """
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    starts = run_starts(ordered)
+    order, ordered, starts = _sorted_runs(keys) if runs is None else runs
     members = sparse.csr_array(
         (np.ones(len(keys)), order, np.append(starts, len(keys))), shape=(len(starts), len(keys))
     )  # per group × lot: 1 where the lot belongs to the group
     return ordered[starts], members
 
 
-def sum_by(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sum_by(
+    keys: np.ndarray,
+    values: np.ndarray,
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``values`` (per lot, any trailing shape) over equal ``keys``: (unique keys, sums).
 
     A stable sort, then ``np.add.reduceat`` for one value per lot, or a sparse product for rows
     of values (:func:`group_matrix`; many times faster than ``reduceat`` or ``np.add.at`` along
     the first axis); each group is summed in lot order. Keys already unique and increasing are
-    returned as they are.
+    returned as they are. ``runs`` is :func:`_sorted_runs` of keys known to repeat or to be out
+    of order (it skips the check and the sort).
     """
-    if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
-        return keys, values
+    if runs is None:
+        if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
+            return keys, values
+        runs = _sorted_runs(keys)
     if values.ndim == 1:
-        order = np.argsort(keys, kind="stable")
-        ordered = keys[order]
-        starts = run_starts(ordered)
+        order, ordered, starts = runs
         return ordered[starts], np.add.reduceat(values[order], starts)
-    unique, members = group_matrix(keys)
+    unique, members = group_matrix(keys, runs)
     return unique, (members @ values.reshape(len(keys), -1)).reshape(len(unique), *values.shape[1:])
 
 
@@ -115,8 +128,11 @@ def mix_into(
     """
     if len(rows) == 0:
         return
-    target, inflow = sum_by(rows, add_qty)  # per receiving row
-    _, inflow_attr = sum_by(rows, add_attr_mass)  # per receiving row × attribute
+    target, inflow, inflow_attr = rows, add_qty, add_attr_mass  # per receiving row
+    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):  # repeats, or out of order
+        runs = _sorted_runs(rows)  # one sort for both sums
+        target, inflow = sum_by(rows, add_qty, runs)
+        _, inflow_attr = sum_by(rows, add_attr_mass, runs)  # per receiving row × attribute
     received = inflow > 0
     if not received.all():
         target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
