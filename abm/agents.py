@@ -528,7 +528,7 @@ class Processor(Producer):
         """
         w, p, s = model.world, model.world.producers, model.world.stocks
         n_e = len(w.layout.elements)
-        comp = s.attrs[p.input_rows[users, 0]][:, w.layout.composition]  # plant × element
+        comp = s.attrs[p.input_rows[users, 0], w.layout.composition]  # plant × element
         comp = np.where(comp.sum(axis=1, keepdims=True) > 0, comp, model.typical_ore_composition)
         yields = comp * p.recovery[users]  # plant × element
         out_rows = p.output_rows[users, 1 : 1 + n_e]  # plant × element
@@ -545,7 +545,7 @@ class Processor(Producer):
         """Per plant: expected value of the oxides from a kg of its input covers processing."""
         w, p, s = model.world, model.world.producers, model.world.stocks
         n_e = len(w.layout.elements)
-        comp = s.attrs[p.input_rows[plants, 0]][:, w.layout.composition]
+        comp = s.attrs[p.input_rows[plants, 0], w.layout.composition]
         out = p.output_rows[plants, 1 : 1 + n_e]
         price = np.where(out >= 0, s.expected_price_usd_per_kg[np.maximum(out, 0)], 0.0)
         value = (comp * p.recovery[plants] * price).sum(axis=1)
