@@ -419,3 +419,18 @@ def test_margins_of_some_producers_equal_those_of_all_producers():
             np.testing.assert_array_equal(
                 Producer.unit_margin(model, market_view, producers=some), every[some]
             )
+
+
+def test_shipments_in_transit_keep_their_tonnes_while_buffers_are_reused():
+    # in-transit lots live in per-leg buffers reused every lead time: the lots listed for each
+    # arrival slot must still hold the tonnes booked for it
+    model = RareEarthModel(synthetic_scenario(300, suppliers_per_buyer=5), rng=4)
+    w = model.world
+    assert max(ticks for m in model._markets for ticks, _, _ in (m.legs or [])) >= 2
+    for _ in range(12):
+        model.step()
+        for slot, shipments in enumerate(w.transit_attr_t):
+            booked = np.zeros(len(w.stocks.qty_t))
+            for rows, qty, mass in shipments:
+                np.add.at(booked, rows, qty)
+            np.testing.assert_allclose(booked, w.transit_t[slot], rtol=1e-12, atol=1e-9)
