@@ -27,6 +27,7 @@ from abm.agents import (
     planned_offer_t,
 )
 from abm.levers import resolve as resolve_scenario
+from abm.memory import keep_freed_memory
 from abm.policy import PolicyState
 from abm.scenario import Scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
@@ -106,6 +107,7 @@ class RareEarthModel(mesa.Model):
         **levers: Any,
     ) -> None:
         super().__init__(rng=rng)
+        keep_freed_memory()  # ticks reuse the last tick's memory (see abm.memory)
         scenario = resolve_scenario(
             DEFAULT_SCENARIO if scenario is None else scenario, overrides, **levers
         )
