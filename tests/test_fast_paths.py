@@ -433,4 +433,7 @@ def test_shipments_in_transit_keep_their_tonnes_while_buffers_are_reused():
             booked = np.zeros(len(w.stocks.qty_t))
             for rows, qty, mass in shipments:
                 np.add.at(booked, rows, qty)
+                # a lot's provenance shares sum to 1, so its attribute mass to its tonnes
+                origin = mass[:, : w.layout.n_origin].sum(axis=1)
+                np.testing.assert_allclose(origin, qty, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(booked, w.transit_t[slot], rtol=1e-12, atol=1e-9)
