@@ -180,10 +180,8 @@ def clear(
                 in_play = np.repeat(buyer_in, play.lengths)  # per live edge
                 if not every_seller:
                     in_play &= seller_in[play.seller]
-                if (
-                    not in_play.any()
-                ):  # every buyer served or every seller sold out: nothing re-sent
-                    break
+                if not in_play.any():  # every buyer served or every seller sold out
+                    break  # nothing is re-sent
                 if not in_play.all():
                     play.keep(in_play)
             s, starts, lengths = play.seller, play.starts, play.lengths
