@@ -66,7 +66,6 @@ class _MarketIndex:
     routes_lead: np.ndarray | None = None  # per edge: the lead times ``routes`` was built for
     routes_delayed: bool = False  # ``routes_lead`` includes licensing delays
     legs: list[tuple[int, slice, np.ndarray]] | None = None  # per lead time: destinations, rows
-    leg_buffers: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] | None = None  # in transit
 
     def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
         """Per local buyer: the sum of a per-edge quantity over its edges."""
@@ -675,32 +674,15 @@ class RareEarthModel(mesa.Model):
                 for start, stop in pairwise(starts)
                 if start < stop
             ]
-            # per leg, one buffer for each shipment that can be on its way (lead time): a
-            # shipment is copied into memory already in use rather than into fresh pages
-            width = w.stocks.attrs.shape[1]
-            m.leg_buffers = [
-                [
-                    (
-                        np.empty(len(rows), dtype=rows.dtype),
-                        np.empty(len(rows)),
-                        np.empty((len(rows), width)),
-                    )
-                    for _ in range(ticks)
-                ]
-                for ticks, _, rows in m.legs
-            ]
         qty, mass = m.routes.inflows(flow, w.stocks.attrs)  # per (lead time, receiving row)
-        for (ticks, leg, rows), buffers in zip(m.legs, m.leg_buffers, strict=True):
+        for ticks, leg, rows in m.legs:
             if ticks == 0:
                 provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty[leg], mass[leg])
                 continue
-            sent = qty[leg] > 0  # per row: something is on its way to it
-            n = int(np.count_nonzero(sent))
-            # the buffer of the shipment sent ``ticks`` ago, which has arrived this tick
-            buffer_rows, buffer_qty, buffer_mass = buffers[self.tick % ticks]
-            rows = np.compress(sent, rows, out=buffer_rows[:n])
-            sent_qty = np.compress(sent, qty[leg], out=buffer_qty[:n])
-            sent_mass = np.compress(sent, mass[leg], axis=0, out=buffer_mass[:n])
+            sent_qty, sent_mass = qty[leg], mass[leg]
+            sent = sent_qty > 0  # per row: something is on its way to it
+            if not sent.all():
+                rows, sent_qty, sent_mass = rows[sent], sent_qty[sent], sent_mass[sent]
             slot = (self.tick + ticks) % len(w.transit_t)
             w.transit_t[slot, rows] += sent_qty
             w.transit_attr_t[slot].append((rows, sent_qty, sent_mass))

@@ -421,9 +421,8 @@ def test_margins_of_some_producers_equal_those_of_all_producers():
             )
 
 
-def test_shipments_in_transit_keep_their_tonnes_while_buffers_are_reused():
-    # in-transit lots live in per-leg buffers reused every lead time: the lots listed for each
-    # arrival slot must still hold the tonnes booked for it
+def test_shipments_in_transit_hold_the_tonnes_booked_for_their_arrival():
+    # the lots listed for each arrival slot (per shipping leg) hold the tonnes booked for it
     model = RareEarthModel(synthetic_scenario(300, suppliers_per_buyer=5), rng=4)
     w = model.world
     assert max(ticks for m in model._markets for ticks, _, _ in (m.legs or [])) >= 2
