@@ -428,13 +428,12 @@ def _offer_terms(model: RareEarthModel, rows: np.ndarray) -> _OfferTerms:
     n_e = len(w.layout.elements)
     reserve = s.owner_kind[rows] == RESERVE
     owner = np.where(reserve, 0, s.owner[rows])
-    element = s.product[rows] - 1
-    sep = p.stage[owner] == 1
-    yields = np.ones(len(rows))
-    yields[sep] = model.typical_ore_composition[element[sep]] * p.recovery[owner[sep], element[sep]]
     stage = np.where(reserve, 0, p.stage[owner])
     sep_at, mag_at = np.flatnonzero(stage == 1), np.flatnonzero(stage == 2)
     plant, element = owner[sep_at], s.product[rows[sep_at]] - 1
+    typical, recovery = model.typical_ore_composition[element], p.recovery[plant, element]
+    yields = np.ones(len(rows))  # a reserve's rows: never used (no capacity, releases all)
+    yields[sep_at] = typical * recovery
     used = np.flatnonzero(w.magnet_recipe > 0)
     terms = _OfferTerms(
         rows=rows,
@@ -443,8 +442,8 @@ def _offer_terms(model: RareEarthModel, rows: np.ndarray) -> _OfferTerms:
         yields=yields,
         sep=sep_at,
         sep_input=p.input_rows[plant, 0],
-        sep_typical=model.typical_ore_composition[element],
-        sep_recovery=p.recovery[plant, element],
+        sep_typical=typical,
+        sep_recovery=recovery,
         mag=mag_at,
         mag_inputs=p.input_rows[owner[mag_at]][:, 1 : 1 + n_e][:, used],
         mag_recipe=w.magnet_recipe[used],

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from abm.provenance import run_starts
+
 TINY = 1e-12  # share of a market's size below which a quantity counts as nothing
 
 
@@ -269,7 +271,7 @@ class _InPlay:
     ) -> None:
         self.at: np.ndarray | None = None  # per live edge: its position (None: every edge)
         self.seller, self.cost, self.compliant, self.group = seller, cost, compliant, group
-        self.starts = _run_starts(buyer) if starts is None else starts  # per live buyer
+        self.starts = run_starts(buyer) if starts is None else starts  # per live buyer
         self.buyer = buyer[self.starts]  # per live buyer: local buyer index
         self.lengths = _run_lengths(self.starts, len(buyer))  # per live buyer: its edges
         self.flow: np.ndarray | None = None  # per live edge: tonnes filled so far
@@ -320,13 +322,6 @@ class _InPlay:
         if last is not None:
             unfilled[where] = last
         return flow, ordered, unfilled
-
-
-def _run_starts(keys: np.ndarray) -> np.ndarray:
-    """First position of each run of equal keys in a sorted array."""
-    new = np.ones(len(keys), dtype=bool)
-    np.not_equal(keys[1:], keys[:-1], out=new[1:])
-    return np.flatnonzero(new)
 
 
 def _run_lengths(starts: np.ndarray, n: int) -> np.ndarray:

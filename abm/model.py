@@ -117,6 +117,7 @@ class RareEarthModel(mesa.Model):
         self.price_rng, self.licence_rng = self.rng.spawn(2)
         self.tick = 0
         self._init_accounts()
+        self.row_account = self._row_accounts()
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
         w = self.world
         self._abroad = (w.edges.buyer_country != w.china).astype(float)  # per edge
@@ -134,7 +135,6 @@ class RareEarthModel(mesa.Model):
         ]
         self.buyer_agents = [Buyer(self, j) for j in range(len(self.world.buyers.names))]
         self.reserve = StrategicReserve(self)
-        self.row_account = self._row_accounts()
         self.policy = PolicyState(self)
         self.policy.refresh()
         self._row_agent = self._row_agents()  # per stock row: the agent that owns it
@@ -221,8 +221,8 @@ class RareEarthModel(mesa.Model):
         # edges are stored sorted by buyer row, so each buyer's edges form one run
         buyer_starts = provenance.run_starts(buyer_local)
         buyer_lengths = np.diff(buyer_starts, append=len(buyer_local))
-        accounts = self._row_accounts()
-        seller_accounts, buyer_accounts = accounts[seller_rows], accounts[buyer_rows]
+        seller_accounts = self.row_account[seller_rows]
+        buyer_accounts = self.row_account[buyer_rows]
         for side in (seller_accounts, buyer_accounts):  # each owner has one row per product
             if len(np.unique(side)) != len(side):
                 raise ValueError(f"two stock rows of one owner in the market of {edges}")
@@ -627,15 +627,9 @@ class RareEarthModel(mesa.Model):
         ``own_ask − strategic_ask`` is per edge how far China's strategic export ask is below
         the seller's own ask (US$/kg); China's budget pays it to the seller.
         """
-        floors = self.config.policies.price_floors
-        if any(
-            f.mechanism == "price_gap_subsidy" and f.product == self.world.products[product]
-            for f in floors
-        ):
-            sellers = self.world.edges.seller[m.edges]
-            net, subsidy, upside = self.policy.floor_payments(
-                product, sellers, flow, ask, compliant
-            )
+        payments = self.policy.floor_payments(product, flow, ask, compliant)
+        if payments is not None:
+            net, subsidy, upside = payments
             self._credit_sellers(m, net)
             self.tick_fiscal["floor_subsidy"] += subsidy
             self.tick_fiscal["floor_upside"] += upside

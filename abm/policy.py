@@ -413,23 +413,24 @@ class PolicyState:
         return np.maximum(levy, 0.0)
 
     def floor_payments(
-        self,
-        product: int,
-        seller_rows: np.ndarray,
-        flow: np.ndarray,
-        ask: np.ndarray,
-        compliant: np.ndarray,
-    ) -> tuple[np.ndarray, float, float]:
+        self, product: int, flow: np.ndarray, ask: np.ndarray, compliant: np.ndarray
+    ) -> tuple[np.ndarray, float, float] | None:
         """Price-gap subsidy and upside take on compliant sales of a product.
 
         Returns per edge the net transfer to the seller (US$ M; positive: subsidy), the total
-        subsidy paid and the total upside taken by the alliance.
+        subsidy paid and the total upside taken by the alliance; None if no price-gap floor
+        covers the product (nothing to pay, nothing computed).
         """
-        w = self.model.world
+        name = self.model.world.products[product]
+        floors = [
+            floor
+            for floor in self.model.config.policies.price_floors
+            if floor.mechanism == "price_gap_subsidy" and floor.product == name
+        ]
+        if not floors:
+            return None
         net = np.zeros(len(flow))
-        for floor in self.model.config.policies.price_floors:
-            if floor.mechanism != "price_gap_subsidy" or w.products.index(floor.product) != product:
-                continue
+        for floor in floors:
             covered = compliant & (flow > 0)
             gap = np.where(covered, np.maximum(floor.level_usd_per_kg - ask, 0.0), 0.0)
             upside = np.where(

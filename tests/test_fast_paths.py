@@ -177,7 +177,7 @@ def test_logit_within_runs_of_edges_matches_the_general_logit():
     cost = rng.uniform(10, 100, len(buyer))
     restrict = rng.random(len(buyer)) < 0.6
     scale = rng.uniform(20, 80, 40)
-    starts = market._run_starts(buyer)
+    starts = provenance.run_starts(buyer)
     lengths = np.diff(starts, append=len(buyer))
     for beta in (0.5, 8.0, 1e12):
         with np.errstate(invalid="ignore", over="ignore"):
