@@ -7,7 +7,7 @@ default; it costs a few percent of a tick). A broken invariant stops the run wit
 instead of letting NaN or negative stock flow silently into the results.
 
 Every tick, a few fused reductions (the least and greatest value of each group of quantities
-with the same bounds, a matrix-vector product per sum of shares) tell whether the whole state
+with the same bounds, a row sum per sum of shares) tell whether the whole state
 is sound; only if they cannot tell does the check go agent by agent, in the order below, to
 find and name the first broken invariant. The fused pass never accepts a state the
 agent-by-agent check would reject, so the error and its message are the same either way.
