@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from abm import threads
 from abm.levers import resolve
 from abm.scenario import ScenarioError
 
@@ -196,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``abm`` command."""
     args = _parser().parse_args(argv)
     command = {"run": _run, "sweep": _sweep, "analyze": _analyze}[args.command]
+    try:
+        threads.count()  # a bad ABM_THREADS is named before anything runs
+    except ValueError as err:
+        print(f"abm: error: {err}", file=sys.stderr)
+        return 2
     try:
         return command(args)
     except ScenarioError as err:

@@ -16,7 +16,7 @@ import mesa
 import networkx as nx
 import numpy as np
 
-from abm import invariants, market, metrics, provenance
+from abm import invariants, market, metrics, provenance, threads
 from abm.agents import (
     KG_PER_T,
     Buyer,
@@ -66,6 +66,7 @@ class _MarketIndex:
     routes_lead: np.ndarray | None = None  # per edge: the lead times ``routes`` was built for
     routes_delayed: bool = False  # ``routes_lead`` includes licensing delays
     legs: list[tuple[int, slice, np.ndarray]] | None = None  # per lead time: destinations, rows
+    shipped: list[np.ndarray | None] | None = None  # ``routes`` outputs, reused in turn
 
     def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
         """Per local buyer: the sum of a per-edge quantity over its edges."""
@@ -107,6 +108,7 @@ class RareEarthModel(mesa.Model):
     ) -> None:
         super().__init__(rng=rng)
         keep_freed_memory()  # ticks reuse the last tick's memory (see abm.memory)
+        threads.count()  # a bad ABM_THREADS is named now, not in the middle of a run
         scenario = resolve_scenario(
             DEFAULT_SCENARIO if scenario is None else scenario, overrides, **levers
         )
@@ -464,8 +466,8 @@ class RareEarthModel(mesa.Model):
         for rows, qty, mass in shipments:  # one shipment after the other: mixing is additive
             provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
         arriving = np.zeros(len(w.stocks.qty_t), dtype=bool)  # per row
-        for rows, _, _ in shipments:
-            arriving[rows] = True
+        for rows, qty, _ in shipments:
+            arriving[rows[qty > 0]] = True
         arrived = np.flatnonzero(arriving)
         w.transit_t[slot, arrived] = 0.0
         w.transit_attr_t[slot] = []
@@ -668,19 +670,23 @@ class RareEarthModel(mesa.Model):
                 for start, stop in pairwise(starts)
                 if start < stop
             ]
-        qty, mass = m.routes.inflows(flow, w.stocks.attrs)  # per (lead time, receiving row)
+            m.shipped = [None] * (m.legs[-1][0] + 1 if m.legs else 1)
+        # the attribute mass shipped goes into the array used the longest lead time + 1 ticks
+        # ago: what was shipped in it has arrived, and its pages are already the process's (a
+        # new array of this size costs a page fault per page)
+        reuse = self.tick % len(m.shipped)
+        qty, mass = m.routes.inflows(flow, w.stocks.attrs, m.shipped[reuse])
+        m.shipped[reuse] = mass  # per (lead time, receiving row)
         for ticks, leg, rows in m.legs:
             if ticks == 0:
                 provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty[leg], mass[leg])
                 continue
-            sent_qty, sent_mass = qty[leg], mass[leg]
-            sent = sent_qty > 0  # per row: something is on its way to it
-            if not sent.all():
-                rows, sent_qty, sent_mass = rows[sent], sent_qty[sent], sent_mass[sent]
+            # rows nothing is sent to ride along (adding zero changes nothing; arrival skips
+            # them), so the shipment is a view of ``mass``, not a copy
             slot = (self.tick + ticks) % len(w.transit_t)
-            w.transit_t[slot, rows] += sent_qty
-            w.transit_attr_t[slot].append((rows, sent_qty, sent_mass))
-            self.in_transit_t[rows] += sent_qty  # recounted exactly when it arrives
+            w.transit_t[slot, rows] += qty[leg]
+            w.transit_attr_t[slot].append((rows, qty[leg], mass[leg]))
+            self.in_transit_t[rows] += qty[leg]  # recounted exactly when it arrives
 
     def _pay(self, m: _MarketIndex, flow: np.ndarray, ask: np.ndarray, landed: np.ndarray) -> None:
         """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""

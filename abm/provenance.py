@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
+from scipy.sparse import _sparsetools
 
+from abm import threads
 from abm.world import Layout
+
+CHUNK_CELLS = 1 << 17  # attribute cells mixed at a time (1 MiB: a core's cache holds them)
 
 
 def run_starts(keys: np.ndarray) -> np.ndarray:
@@ -94,19 +98,77 @@ class Routes:
             (np.zeros(len(dest)), source, np.append(self.starts, len(dest))),
             shape=(len(self.starts), n_rows),
         )  # per destination × source row: tonnes moving (filled in by each call)
+        self._blocks: dict[int, list[tuple[slice, slice, sparse.csr_array]]] = {}
 
-    def inflows(self, qty: np.ndarray, attrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def inflows(
+        self, qty: np.ndarray, attrs: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Tonnes and attribute mass (t × attribute) arriving at each destination.
+
+        Large products are split into bands of destinations, one per thread
+        (:mod:`abm.threads`); each destination's sum is the same whatever the split.
 
         Args:
             qty: per link, tonnes moving (zero where nothing moves).
             attrs: per source row × attribute, the lots' attributes.
+            out: per destination × attribute, a C-contiguous array to write the attribute mass
+                into (overwritten; a caller that keeps one per tick reuses its pages); a new
+                array if not given.
 
         """
         moving = qty if self.order is None else qty[self.order]  # per link, by destination
-        self._tonnes.data[:] = moving
         inflow = np.add.reduceat(moving, self.starts) if len(moving) else moving
-        return inflow, self._tonnes @ attrs
+        width = attrs.shape[1]
+        if out is None:
+            out = np.zeros((len(self.starts), width))
+        elif out.shape == (len(self.starts), width) and out.flags.c_contiguous:
+            out.fill(0.0)  # the kernel adds each product into it
+        else:
+            shape = (len(self.starts), width)
+            raise ValueError(f"out = array of shape {out.shape}: needs a C-contiguous {shape}")
+        flat = np.ascontiguousarray(attrs).ravel()
+
+        def product(band: tuple[slice, slice, sparse.csr_array]) -> None:
+            rows, links, tonnes = band
+            tonnes.data[:] = moving[links]
+            # scipy's own kernel for ``tonnes @ attrs``, adding into the band's rows in place
+            _sparsetools.csr_matvecs(
+                rows.stop - rows.start,
+                tonnes.shape[1],
+                width,
+                tonnes.indptr,
+                tonnes.indices,
+                tonnes.data,
+                flat,
+                out[rows].reshape(-1),
+            )
+
+        threads.run(product, self._bands(threads.n_blocks(len(moving) * width)))
+        return inflow, out
+
+    def _bands(self, blocks: int) -> list[tuple[slice, slice, sparse.csr_array]]:
+        """The tonnes matrix cut into ``blocks`` bands of destinations with about equal links.
+
+        Per band: its destinations, its links, and its own matrix (built once per band count).
+        """
+        if blocks == 1:
+            return [(slice(0, len(self.starts)), slice(0, self._tonnes.nnz), self._tonnes)]
+        if blocks not in self._blocks:
+            indptr, indices = self._tonnes.indptr, self._tonnes.indices
+            bands = []
+            for rows in threads.bounds(indptr, blocks):
+                links = slice(int(indptr[rows.start]), int(indptr[rows.stop]))
+                tonnes = sparse.csr_array(
+                    (
+                        np.zeros(links.stop - links.start),
+                        indices[links],
+                        indptr[rows.start : rows.stop + 1] - links.start,
+                    ),
+                    shape=(rows.stop - rows.start, self._tonnes.shape[1]),
+                )
+                bands.append((rows, links, tonnes))
+            self._blocks[blocks] = bands
+        return self._blocks[blocks]
 
 
 def mix_into(
@@ -138,17 +200,27 @@ def mix_into(
         target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
     if len(target) == 0:
         return
-    # receiving rows that form one block (a market's buyers usually do) are updated in place
-    block = target[-1] - target[0] == len(target) - 1
-    where = slice(target[0], target[-1] + 1) if block else target
-    new_qty = qty[where] + inflow
-    lots = attrs[where]  # per receiving row × attribute: a view of a block, else a copy
-    lots *= qty[where, None]
-    lots += inflow_attr
-    lots /= new_qty[:, None]
-    if not block:
-        attrs[where] = lots
-    qty[where] = new_qty
+    width = attrs.shape[1]
+    step = max(CHUNK_CELLS // width, 1)  # receiving rows mixed at a time
+
+    def mix(part: slice) -> None:
+        # chunks of rows small enough to stay in cache through the three passes over them
+        for start in range(part.start, part.stop, step):
+            chunk = slice(start, min(start + step, part.stop))
+            receiving = target[chunk]
+            # rows that form one block (a market's buyers usually do) are updated in place
+            block = receiving[-1] - receiving[0] == len(receiving) - 1
+            where = slice(receiving[0], receiving[-1] + 1) if block else receiving
+            new_qty = qty[where] + inflow[chunk]
+            lots = attrs[where]  # per receiving row × attribute: a view of a block, else a copy
+            lots *= qty[where, None]
+            lots += inflow_attr[chunk]
+            lots /= new_qty[:, None]
+            if not block:
+                attrs[where] = lots
+            qty[where] = new_qty
+
+    threads.run(mix, threads.even(len(target), width))  # each row's arithmetic is its own
 
 
 def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int) -> np.ndarray:

@@ -42,6 +42,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from abm import threads
 from abm.analysis import SweepResults
 from abm.experiments import Job, RunRecord, Sweep, load_sweep_file, run_batch, yaml_text
 from abm.runs import environment, git_state
@@ -347,6 +348,7 @@ def _executor(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
+            env={threads.ENV: "1"},  # the workers share the cores: no helper threads (abm.threads)
             host="127.0.0.1",
             dashboard_address=None,
             silence_logs=logging.ERROR,

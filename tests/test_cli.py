@@ -1,6 +1,7 @@
 """The `abm run` command: run folders, manifests, and exit status 2 on bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,12 +13,13 @@ from tests.worlds import CONFIGS
 SMALL = CONFIGS / "tests" / "small.yaml"
 
 
-def abm(*args, cwd=None):
+def abm(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "abm.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
     )
 
@@ -78,6 +80,16 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("abm: error:")
     assert "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_a_bad_thread_count_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "runs"
+    done = abm("run", str(SMALL), "--out", str(out), env={**os.environ, "ABM_THREADS": "many"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "abm: error: ABM_THREADS = 'many': must be a whole number of threads, at least 1"
+    )
     assert not out.exists()
 
 
