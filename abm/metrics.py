@@ -709,7 +709,7 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
         return np.bincount(key, flow * per_t, minlength=n_keys)[cells] / moved
 
     return {
-        "tick": np.full(len(cells), model.tick),
+        "tick": model.tick,
         "key": cells,
         "flow_t": moved,
         "ask_usd_per_kg": mean(model.edge_ask),
@@ -738,7 +738,12 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     ]
     if not model.flow_log:
         return pd.DataFrame(columns=columns)
-    log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in model.flow_log[0]}
+    columns_logged = [k for k in model.flow_log[0] if k != "tick"]
+    log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in columns_logged}
+    log["tick"] = np.repeat(  # a record holds one tick: each of its rows gets it
+        np.array([entry["tick"] for entry in model.flow_log], dtype=np.int64),
+        [len(entry["flow_t"]) for entry in model.flow_log],
+    )
     w = model.world
     e, s = w.edges, w.stocks
     countries = np.array(w.layout.countries)

@@ -141,7 +141,7 @@ class RareEarthModel(mesa.Model):
         self.policy.refresh()
         self._row_agent = self._row_agents()  # per stock row: the agent that owns it
         self._graph: nx.MultiDiGraph | None = None  # built on first use of ``network``
-        self.flow_log: list[dict[str, np.ndarray]] = []
+        self.flow_log: list[dict[str, Any]] = []  # per tick: its tick and per-flow columns
         self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
         self._begin_tick()
@@ -920,8 +920,8 @@ class RareEarthModel(mesa.Model):
         touched_cn = self.world.stocks.attrs[:, self.world.layout.touched_cn]  # per stock row
         self.flow_log.append(
             {
-                "tick": np.full(len(moving), self.tick),
-                "edge": moving,
+                "tick": self.tick,  # one tick per record, repeated when the frame is made
+                "edge": moving.astype(np.int32),  # a log that grows every tick: lean columns
                 "flow_t": e.flow_t[moving],
                 "ask_usd_per_kg": self.edge_ask[moving],
                 "landed_usd_per_kg": self.edge_landed[moving],
