@@ -43,7 +43,9 @@ def count() -> int:
 
 def n_blocks(cells: int) -> int:
     """How many blocks to split work of ``cells`` cells into (1: do not split)."""
-    return max(1, min(count(), cells // MIN_CELLS))
+    if cells < 2 * MIN_CELLS:  # most calls: small work, no need to look up the thread count
+        return 1
+    return min(count(), cells // MIN_CELLS)
 
 
 def bounds(weights: np.ndarray, blocks: int) -> list[slice]:

@@ -152,6 +152,7 @@ def scaling(n_buyers: int, flow_log: str = "edges") -> dict[str, Any]:
     (``edges``, the default, or ``countries``, which firm-level worlds need: see docs/model.md).
     """
     record = _import_abm()
+    from abm import threads
     from abm.model import RareEarthModel
     from abm.scenario import build_scenario
     from benchmarks.synthetic import synthetic_scenario_data
@@ -175,6 +176,7 @@ def scaling(n_buyers: int, flow_log: str = "edges") -> dict[str, Any]:
     record.update(
         n_buyers=n_buyers,
         flow_log=flow_log,
+        threads=threads.count(),  # row bands of large products and mixing (abm.threads)
         n_mines=int((model.world.producers.stage == 0).sum()),
         n_plants=int((model.world.producers.stage > 0).sum()),
         edges=edges,
