@@ -17,8 +17,12 @@ allocator as it is. Only glibc (Linux) is tuned; elsewhere this does nothing.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import platform
+
+import numpy as np
+import numpy.typing as npt
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -45,3 +49,39 @@ def keep_freed_memory() -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     return _done
+
+
+class Arena:
+    """Append-only storage for arrays a run keeps to its end (the edge flow log's columns).
+
+    Large arrays kept tick after tick, allocated from the heap one by one, take its free memory
+    and push its top up every tick, so the next tick's large temporaries land on fresh pages
+    instead of reusing the last tick's — huge pages, which numpy advises for arrays of 4 MB or
+    more and which a virtual machine can be slow to fault in. Here a kept array is a view into
+    a chunk of its own dtype, mapped apart from the heap, which the temporaries then have to
+    themselves. Chunks double in size up to 256 MB and are not advised into huge pages, so they
+    take memory a page at a time as they fill. A view keeps its chunk alive.
+
+    Measured at 100,000 buyers with the edge log: clearing and arrivals stopped faulting in
+    memory (about 2,000 faults a tick), and a tick took 0.43 s instead of 0.52 s; the log's
+    own 83 MB a tick still costs its page faults.
+    """
+
+    FIRST_BYTES = 1 << 20  # the first chunk of a dtype; each next one doubles, up to ...
+    LARGEST_BYTES = 1 << 28  # ... this (or one request, if larger)
+
+    def __init__(self) -> None:
+        self._chunks: dict[np.dtype, tuple[np.ndarray, int]] = {}  # per dtype: chunk, used
+
+    def take(self, n: int, dtype: npt.DTypeLike) -> np.ndarray:
+        """A new array of ``n`` elements of ``dtype`` (zeros until written), kept with the arena."""
+        dtype = np.dtype(dtype)
+        chunk, used = self._chunks.get(dtype, (None, 0))
+        if chunk is None or used + n > len(chunk):
+            grown = self.FIRST_BYTES if chunk is None else 2 * chunk.nbytes
+            size = max(n, min(grown, self.LARGEST_BYTES) // dtype.itemsize, 1)
+            private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # memory of this process alone
+            pages = mmap.mmap(-1, size * dtype.itemsize, flags=private)
+            chunk, used = np.frombuffer(pages, dtype), 0
+        self._chunks[dtype] = (chunk, used + n)
+        return chunk[used : used + n]

@@ -27,7 +27,7 @@ from abm.agents import (
     planned_offer_t,
 )
 from abm.levers import resolve as resolve_scenario
-from abm.memory import keep_freed_memory
+from abm.memory import Arena, keep_freed_memory
 from abm.policy import PolicyState
 from abm.scenario import Scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
@@ -142,6 +142,7 @@ class RareEarthModel(mesa.Model):
         self._row_agent = self._row_agents()  # per stock row: the agent that owns it
         self._graph: nx.MultiDiGraph | None = None  # built on first use of ``network``
         self.flow_log: list[dict[str, Any]] = []  # per tick: its tick and per-flow columns
+        self._flow_arena = Arena()  # where the edge log's columns are kept (abm.memory)
         self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
         self._begin_tick()
@@ -915,18 +916,27 @@ class RareEarthModel(mesa.Model):
             if self.config.flow_log == "countries":
                 self.flow_log.append(metrics.country_flows(self))
             return
-        e = self.world.edges
+        e, keep = self.world.edges, self._flow_arena
         moving = np.flatnonzero(e.flow_t > 0)
+        n = len(moving)
         touched_cn = self.world.stocks.attrs[:, self.world.layout.touched_cn]  # per stock row
+
+        def kept(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+            # np.take writes straight into the arena; "clip" (the indices are in range)
+            # because "raise" goes through a temporary copy of the output
+            return np.take(values, at, out=keep.take(n, float), mode="clip")
+
+        edge = keep.take(n, np.int32)  # a log that grows every tick: lean columns
+        edge[:] = moving
         self.flow_log.append(
             {
                 "tick": self.tick,  # one tick per record, repeated when the frame is made
-                "edge": moving.astype(np.int32),  # a log that grows every tick: lean columns
-                "flow_t": e.flow_t[moving],
-                "ask_usd_per_kg": self.edge_ask[moving],
-                "landed_usd_per_kg": self.edge_landed[moving],
+                "edge": edge,
+                "flow_t": kept(e.flow_t, moving),
+                "ask_usd_per_kg": kept(self.edge_ask, moving),
+                "landed_usd_per_kg": kept(self.edge_landed, moving),
                 # np.take: several times faster than fancy indexing a strided column
-                "touched_cn_share": np.take(touched_cn, e.seller[moving]),
+                "touched_cn_share": kept(touched_cn, e.seller[moving]),
             }
         )
 

@@ -47,3 +47,45 @@ def test_the_setting_can_be_declined(monkeypatch):
     monkeypatch.setattr(memory, "_done", False)
     monkeypatch.setenv("ABM_RETURN_FREED_MEMORY", "1")
     assert memory.keep_freed_memory() is False
+
+
+def test_arena_arrays_keep_their_values_and_never_overlap():
+    import numpy as np
+
+    from abm.memory import Arena
+
+    arena = Arena()
+    arena.FIRST_BYTES, arena.LARGEST_BYTES = 1 << 10, 1 << 14  # small chunks: many of them
+    rng = np.random.default_rng(0)
+    kept = []
+    for i in range(300):
+        dtype = [float, np.int32][i % 2]
+        n = int(rng.integers(0, 900)) if i != 150 else 5000  # one larger than any chunk
+        array = arena.take(n, dtype)
+        assert array.dtype == dtype and array.shape == (n,)
+        array[:] = i
+        kept.append(array)
+    for i, array in enumerate(kept):
+        assert (array == i).all()  # nothing taken later wrote over it
+    chunks = {id(a.base) for a in kept if len(a)}
+    assert 20 < len(chunks) < 200  # chunks grow, and are shared by successive arrays
+
+
+def test_the_edge_flow_log_is_kept_in_the_arena():
+    import numpy as np
+
+    from abm import RareEarthModel
+    from tests.worlds import CONFIGS
+
+    model = RareEarthModel(CONFIGS / "baseline.yaml", rng=1)
+    for _ in range(3):
+        model.step()
+    e = model.world.edges
+    entry = model.flow_log[-1]
+    moving = np.flatnonzero(e.flow_t > 0)
+    np.testing.assert_array_equal(entry["edge"], moving)
+    np.testing.assert_array_equal(entry["flow_t"], e.flow_t[moving])
+    np.testing.assert_array_equal(entry["landed_usd_per_kg"], model.edge_landed[moving])
+    for name in ("edge", "flow_t", "ask_usd_per_kg", "landed_usd_per_kg", "touched_cn_share"):
+        assert isinstance(entry[name].base, np.ndarray)  # a view into an arena chunk
+        assert not np.shares_memory(entry[name], model.flow_log[-2][name])
