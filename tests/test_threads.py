@@ -155,3 +155,21 @@ def test_a_forked_child_starts_its_own_helper_threads(split_small):
         child.kill()
     assert child.exitcode == 0, "the child hung or failed using the parent's pool"
     assert queue.get(timeout=5) == 4000 * 3
+
+
+def test_the_baseline_never_splits_its_work(monkeypatch):
+    from tests.worlds import CONFIGS
+
+    monkeypatch.setenv(threads.ENV, "8")
+    splits = []
+    run = threads.run
+
+    def counting(work, blocks):
+        splits.append(len(blocks))
+        run(work, blocks)
+
+    monkeypatch.setattr(threads, "run", counting)
+    model = RareEarthModel(CONFIGS / "baseline.yaml", rng=2)
+    for _ in range(6):
+        model.step()
+    assert splits and set(splits) == {1}  # too small to be worth a helper thread
