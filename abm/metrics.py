@@ -745,7 +745,7 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
         [len(entry["flow_t"]) for entry in model.flow_log],
     )
     w = model.world
-    e, s = w.edges, w.stocks
+    e = w.edges
     countries = np.array(w.layout.countries)
     if "key" in log:  # product and country pair
         product, pair = np.divmod(log["key"], w.layout.n_countries**2)
@@ -756,8 +756,8 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     else:
         edge = log["edge"]
         product = e.product[edge]
-        seller_country = countries[s.country[e.seller[edge]]]
-        buyer_country = countries[s.country[e.buyer[edge]]]
+        seller_country = countries[e.seller_country[edge]]
+        buyer_country = countries[e.buyer_country[edge]]
         names = np.array([a.name for a in model._row_agent])
         seller, buyer = names[e.seller[edge]], names[e.buyer[edge]]
     return pd.DataFrame(

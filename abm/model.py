@@ -415,9 +415,7 @@ class RareEarthModel(mesa.Model):
                 levy_usd_per_kg=float(e.levy_usd_per_kg[i]),
                 allowed=bool(e.allowed[i]),
                 flow_t=float(e.flow_t[i]),
-                through_china=bool(
-                    w.stocks.country[e.seller[i]] == china or w.stocks.country[e.buyer[i]] == china
-                ),
+                through_china=bool(e.seller_country[i] == china or e.buyer_country[i] == china),
             )
         for _, data in self._graph.nodes(data=True):
             data["bloc"] = data["agent"].bloc

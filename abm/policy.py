@@ -360,10 +360,8 @@ class PolicyState:
         cfg = self.model.config.policies.china_pricing
         if not self.strategic_active:
             return ask
-        e, s = self.model.world.edges, self.model.world.stocks
-        exports = (s.country[e.seller[sl]] == self.model.world.china) & (
-            s.country[e.buyer[sl]] != self.model.world.china
-        )
+        e, china = self.model.world.edges, self.model.world.china
+        exports = (e.seller_country[sl] == china) & (e.buyer_country[sl] != china)
         covered = np.zeros(len(ask), dtype=bool)
         for product in cfg.products:
             covered |= product_mask(product, e.product[sl], self.model)
@@ -382,8 +380,8 @@ class PolicyState:
 
     def _to_alliance(self, sl: slice) -> np.ndarray:
         """Per edge of a market: the buyer is in the alliance."""
-        w, e, s = self.model.world, self.model.world.edges, self.model.world.stocks
-        return w.country_bloc[s.country[e.buyer[sl]]] == BLOCS.index("alliance")
+        w = self.model.world
+        return w.country_bloc[w.edges.buyer_country[sl]] == BLOCS.index("alliance")
 
     def minimum_asks(
         self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
@@ -404,11 +402,11 @@ class PolicyState:
         self, sl: slice, product: int, ask: np.ndarray, compliant: np.ndarray
     ) -> np.ndarray:
         """Per edge: variable levy max(0, F − ask) on non-compliant imports into the alliance."""
-        e, s = self.model.world.edges, self.model.world.stocks
+        e = self.model.world.edges
         level = self.floor_levels("border_adjusted")[product]
         if level <= 0:
             return np.zeros(len(ask))
-        imported = s.country[e.seller[sl]] != s.country[e.buyer[sl]]
+        imported = e.seller_country[sl] != e.buyer_country[sl]
         levy = np.where(self._to_alliance(sl) & imported & ~compliant, level - ask, 0.0)
         return np.maximum(levy, 0.0)
 
