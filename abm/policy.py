@@ -185,7 +185,7 @@ class PolicyState:
             or events != terms.events
         ):
             self.capacity_factor, self.demand_factor, cuts = self._shocks()
-            terms = self._rule_terms = self._compute_rule_terms(cuts)
+            terms = self._rule_terms = self._compute_rule_terms(cuts, events)
             self._built = None  # combine the new rule terms with the built producers below
         s, e = w.stocks, w.edges
         built = w.producers.status != PLANNED  # per producer
@@ -203,8 +203,8 @@ class PolicyState:
         )
         self.approval = np.array([rule.approval_probability for rule in pol.export_controls])
 
-    def _compute_rule_terms(self, cuts: list[tuple[str, str]]) -> _RuleTerms:
-        """The edge terms of the rules in force and transport ``cuts``, from scratch."""
+    def _compute_rule_terms(self, cuts: list[tuple[str, str]], events: list[Event]) -> _RuleTerms:
+        """The edge terms of the rules and ``events`` in force and transport ``cuts``, afresh."""
         model = self.model
         w, cfg = model.world, model.config
         s, e = w.stocks, w.edges
@@ -264,7 +264,7 @@ class PolicyState:
         return _RuleTerms(
             policies=copy.deepcopy(pol),
             country_bloc=w.country_bloc.copy(),
-            events=copy.deepcopy([effect.event for effect in self.effects]),
+            events=copy.deepcopy(events),
             tariff=tariff,
             duty=duty,
             transport_usd_per_kg=e.base_transport_usd_per_kg * (1.0 - discount),
