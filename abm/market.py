@@ -273,7 +273,7 @@ class _InPlay:
         self.seller, self.cost, self.compliant, self.group = seller, cost, compliant, group
         self.starts = run_starts(buyer) if starts is None else starts  # per live buyer
         self.buyer = buyer[self.starts]  # per live buyer: local buyer index
-        self.lengths = _run_lengths(self.starts, len(buyer))  # per live buyer: its edges
+        self.lengths = np.diff(self.starts, append=len(buyer))  # per live buyer: its edges
         self.flow: np.ndarray | None = None  # per live edge: tonnes filled so far
         self.ordered: np.ndarray | None = None  # per live edge: tonnes ordered so far
         self.unfilled: tuple[np.ndarray | slice, np.ndarray | None] | None = None  # last round
@@ -322,14 +322,6 @@ class _InPlay:
         if last is not None:
             unfilled[where] = last
         return flow, ordered, unfilled
-
-
-def _run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
-    """Length of each run, from the first positions of runs that cover ``n`` elements."""
-    lengths = np.empty_like(starts)
-    lengths[:-1] = starts[1:] - starts[:-1]
-    lengths[-1:] = n - starts[-1:]
-    return lengths
 
 
 def _run_logit(
