@@ -195,6 +195,17 @@ def mix_into(
         runs = _sorted_runs(rows)  # one sort for both sums
         target, inflow = sum_by(rows, add_qty, runs)
         _, inflow_attr = sum_by(rows, add_attr_mass, runs)  # per receiving row × attribute
+    _mix_rows(qty, attrs, target, inflow, inflow_attr)
+
+
+def _mix_rows(
+    qty: np.ndarray,
+    attrs: np.ndarray,
+    target: np.ndarray,
+    inflow: np.ndarray,
+    inflow_attr: np.ndarray,
+) -> None:
+    """:func:`mix_into` for receiving rows that are distinct and increasing."""
     received = inflow > 0
     if not received.all():
         target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
@@ -221,6 +232,79 @@ def mix_into(
             qty[where] = new_qty
 
     threads.run(mix, threads.even(len(target), width))  # each row's arithmetic is its own
+
+
+Shipment = tuple[np.ndarray, np.ndarray, np.ndarray]  # receiving rows, tonnes, attribute mass
+
+
+class Merge:
+    """Several shipments mixed into stocks in one call, as if their lots came one after another.
+
+    The same as :func:`mix_into` on the shipments concatenated (each row's sums run over its
+    lots in shipment order, then lot order), without the concatenation. How lots group into
+    receiving rows depends only on the shipments' row arrays, which repeat from tick to tick (a
+    market's legs), so it is worked out once per combination of row arrays and kept.
+
+    Args:
+        limit: combinations kept; past it, the store starts afresh.
+
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        # per combination (ids of its row arrays): the arrays, then how their lots group
+        self._plans: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], _MergePlan]] = {}
+
+    def mix_into(self, qty: np.ndarray, attrs: np.ndarray, shipments: list[Shipment]) -> np.ndarray:
+        """Mix the shipments into ``qty`` and ``attrs`` (in place); returns rows that got any."""
+        parts = tuple(rows for rows, _, _ in shipments)
+        plan = self._plan(parts)
+        moving = np.concatenate([tonnes for _, tonnes, _ in shipments])[plan.order]
+        inflow = np.add.reduceat(moving, plan.starts)  # per receiving row
+        width = attrs.shape[1]
+        inflow_attr = np.zeros((len(plan.target), width))  # per receiving row × attribute
+        out = inflow_attr.reshape(-1)
+        for (_, _, mass), (indptr, indices, ones) in zip(shipments, plan.links, strict=True):
+            # scipy's kernel for ``members @ mass``, adding each shipment in turn: per row,
+            # the sum over the concatenated lots in their order
+            flat = np.ascontiguousarray(mass).reshape(-1)
+            _sparsetools.csr_matvecs(
+                len(plan.target), len(ones), width, indptr, indices, ones, flat, out
+            )
+        _mix_rows(qty, attrs, plan.target, inflow, inflow_attr)
+        return plan.target[inflow > 0]
+
+    def _plan(self, parts: tuple[np.ndarray, ...]) -> _MergePlan:
+        key = tuple(map(id, parts))
+        kept = self._plans.get(key)
+        if kept is not None and all(a is b for a, b in zip(kept[0], parts, strict=True)):
+            return kept[1]
+        if len(self._plans) >= self.limit:
+            self._plans.clear()
+        plan = _MergePlan(parts)
+        self._plans[key] = (parts, plan)  # holds the arrays, so their ids are not reused
+        return plan
+
+
+class _MergePlan:
+    """How the lots of some shipments (their row arrays) group into receiving rows."""
+
+    def __init__(self, parts: tuple[np.ndarray, ...]) -> None:
+        rows = np.concatenate(parts)  # per lot, in shipment order
+        self.order, ordered, self.starts = _sorted_runs(rows)
+        self.target = ordered[self.starts]  # per receiving row: its stock row
+        group = np.empty(len(rows), dtype=np.intp)  # per lot: its receiving row's position
+        group[self.order] = np.repeat(
+            np.arange(len(self.starts)), np.diff(self.starts, append=len(rows))
+        )
+        self.links = []  # per shipment: CSR structure (receiving row × its lots) with ones
+        first = 0
+        for part in parts:
+            mine = group[first : first + len(part)]
+            lots = np.argsort(mine, kind="stable")  # its lots by receiving row, in lot order
+            indptr = np.searchsorted(mine[lots], np.arange(len(self.target) + 1)).astype(np.intc)
+            self.links.append((indptr, lots.astype(np.intc), np.ones(len(part))))
+            first += len(part)
 
 
 def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int) -> np.ndarray:

@@ -240,6 +240,32 @@ def test_mixing_in_place_matches_mass_weighted_averages(contiguous):
     np.testing.assert_allclose(attrs, expected_attrs, **TOL)
 
 
+def test_merged_shipments_mix_exactly_as_their_concatenation():
+    """Several shipments mixed at once (a small world's arrivals) give the bits of one
+    :func:`provenance.mix_into` call on the shipments concatenated, the first time and when
+    the grouping of the same row arrays is reused; other row arrays get their own grouping."""
+    rng = np.random.default_rng(12)
+    # rows get lots from several shipments and repeat within one: the order of their sums
+    # shows in the bits
+    legs = [rng.integers(0, 12, 15) for _ in range(5)]
+    merge = provenance.Merge()
+    qty, attrs = rng.random(12) * 10, rng.random((12, 8))
+    for tick in range(4):
+        shipments = []
+        for rows in legs[: 2 + tick % 3]:  # combinations of the same arrays recur
+            tonnes = 10.0 ** rng.uniform(-3, 3, len(rows))
+            tonnes[rng.random(len(rows)) < 0.2] = 0.0  # rows of a leg sent nothing
+            shipments.append((rows, tonnes, tonnes[:, None] * rng.random((len(rows), 8))))
+        expected_qty, expected_attrs = qty.copy(), attrs.copy()
+        rows, tonnes, mass = (np.concatenate(parts) for parts in zip(*shipments, strict=True))
+        provenance.mix_into(expected_qty, expected_attrs, rows, tonnes, mass)
+        arrived = merge.mix_into(qty, attrs, shipments)
+        np.testing.assert_array_equal(qty, expected_qty)
+        np.testing.assert_array_equal(attrs, expected_attrs)
+        np.testing.assert_array_equal(arrived, np.unique(rows[tonnes > 0]))
+    assert len(merge._plans) == 3  # one grouping per combination of row arrays
+
+
 def test_shipments_in_transit_add_up_and_rows_sent_nothing_carry_nothing():
     model = RareEarthModel(CONFIGS / "baseline.yaml", rng=4)
     w = model.world
