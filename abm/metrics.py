@@ -370,269 +370,226 @@ def _reserve_price(model: RareEarthModel) -> float:
 
 
 # ------------------------------------------------------------------ registry
+#
+# Metrics come in families computed together, once per tick: a family's function returns every
+# value of the tick in the family's order (prices of all products, shares of all blocs, ...).
+# A metric alone reads its value from the family's table; the collector takes whole families
+# at once, which spares a call per metric. Each value is computed exactly as by the functions
+# above (the same operations on the same numbers).
+
+
+@dataclass(eq=False)
+class _Family:
+    """Metrics computed together: ``values`` gives every value of a tick, in the family's order."""
+
+    key: str  # its table's name
+    values: Callable[[RareEarthModel], list[float]]
+    size: int = 0  # its metrics
+
+
+def _family_value(model: RareEarthModel, family: _Family, index: int) -> float:
+    """One value of a family's table for this tick (a metric's reporter, as a ``partial``)."""
+    return _table(model, family.key, family.values)[index]
+
+
+def _product_values(model: RareEarthModel) -> list[float]:
+    """Per product: its five prices, its two-tier spread and its sellers' stock."""
+    prices = {kind: table.tolist() for kind, table in _price_table(model).items()}
+    out: list[float] = []
+    for p in range(len(model.world.products)):
+        kinds = [prices[kind][p] for kind in _PRICE_KINDS]
+        spread = prices["export_fob"][p] - prices["cn_domestic"][p]
+        out += [*kinds, spread, seller_stock(model, p)]
+    return out
+
+
+def _bloc_values(model: RareEarthModel) -> list[float]:
+    """Per bloc: its dependencies, shortage, fill rate and shortage of each end product."""
+    dependencies = {kind: table.tolist() for kind, table in _dependency_table(model).items()}
+    shortages = _table(model, "shortage", _compute_shortage)
+    out: list[float] = []
+    for b in range(len(BLOCS)):
+        short = shortages[b, None]
+        out += [dependencies[kind][b] for kind in _DEPENDENCY_ORDER]
+        out += [short, 1 - short]
+        out += [shortages[b, p] for p in range(1, len(model.world.products))]
+    return out
+
+
+def _stage_values(model: RareEarthModel) -> list[float]:
+    """Per stage: China's share, HHI, utilisation, producers, then capacity and profit per bloc."""
+    table = _stage_bloc_table(model)
+    built, profits = table["capacity"].tolist(), table["profit"].tolist()
+    out: list[float] = []
+    for st in range(len(STAGES)):
+        out += [china_share(model, st), hhi(model, st), utilisation(model, st)]
+        out.append(active_producers(model, st))
+        for b in range(len(BLOCS)):
+            out += [built[st][b], profits[st][b]]
+    return out
+
+
+def _world_values(model: RareEarthModel) -> list[float]:
+    """Fiscal flows, the reserve, entry and exit, and the balance checks."""
+    status = model.world.producers.status
+    return [
+        *(model.tick_fiscal[key] for key, _ in _FISCAL),
+        model.reserve.stock_t,
+        float(model.tick_out[-1]),
+        model.reserve.stock_t * _reserve_price(model) / 1000.0,
+        model.reserve.tick_released_t,
+        float(model.tick_buyer_spend.sum()),
+        float(model.entries_total),
+        float(model.exits_total),
+        float((status == 1).sum()),
+        float((status == PLANNED).sum()),
+        float((status == CLOSED).sum()),
+        model.mass_balance_error_t(),
+        model.money_balance_error_usd_million(),
+    ]
+
+
+_PRICE_KINDS = ("world", "cn_domestic", "export_fob", "alliance_landed", "compliant")
+_DEPENDENCY_ORDER = ("separated", "processed", "mined", "route")
+_FISCAL = (
+    ("tariff_revenue", "Tariff revenue of importing blocs."),
+    ("duty_revenue", "Export duty revenue (China)."),
+    ("levy_revenue", "Border levy revenue (alliance)."),
+    ("floor_subsidy", "Price-floor subsidy paid (alliance)."),
+    ("floor_upside", "Upside above the floor taken by the alliance from covered producers."),
+    ("strategic_pricing", "China's budget spent topping up below-cost export prices."),
+    ("offtake_purchases", "Alliance offtake purchases at the floor price."),
+    ("reserve_carrying_cost", "Carrying cost of the reserve's capital."),
+)
 
 
 def _build_registry(model: RareEarthModel) -> list[Metric]:
     w = model.world
     out: list[Metric] = []
-    add = out.append
-    for p, name in enumerate(w.products):
+
+    def family(key: str, values: Callable[[RareEarthModel], list[float]]) -> Callable[..., None]:
+        group = _Family(key, values)
+
+        def add(name: str, unit: str, meaning: str) -> None:
+            out.append(
+                Metric(name, unit, meaning, partial(_family_value, family=group, index=group.size))
+            )
+            group.size += 1
+
+        return add
+
+    add = family("family:products", _product_values)
+    for name in w.products:
         unit = "US$/kg REO" if name == "concentrate" else "US$/kg"
         tag = slug(name)
+        add(f"price_world_{tag}", unit, f"Volume-weighted price of all {name} trades (at the ask).")
         add(
-            Metric(
-                f"price_world_{tag}",
-                unit,
-                f"Volume-weighted price of all {name} trades (at the ask).",
-                partial(price, product=p, kind="world"),
-            )
+            f"price_cn_domestic_{tag}",
+            unit,
+            f"Volume-weighted price of {name} sold by CN sellers to CN buyers.",
         )
         add(
-            Metric(
-                f"price_cn_domestic_{tag}",
-                unit,
-                f"Volume-weighted price of {name} sold by CN sellers to CN buyers.",
-                partial(price, product=p, kind="cn_domestic"),
-            )
+            f"price_export_fob_{tag}",
+            unit,
+            f"Volume-weighted price of {name} sold by CN sellers abroad, duty paid, before tariff.",
         )
         add(
-            Metric(
-                f"price_export_fob_{tag}",
-                unit,
-                f"Volume-weighted price of {name} sold by CN sellers abroad, duty paid, "
-                "before tariff.",
-                partial(price, product=p, kind="export_fob"),
-            )
+            f"price_alliance_landed_{tag}",
+            unit,
+            f"Volume-weighted all-in landed cost alliance buyers paid for {name}.",
         )
         add(
-            Metric(
-                f"price_alliance_landed_{tag}",
-                unit,
-                f"Volume-weighted all-in landed cost alliance buyers paid for {name}.",
-                partial(price, product=p, kind="alliance_landed"),
-            )
+            f"price_compliant_{tag}",
+            unit,
+            f"Volume-weighted price of compliant {name} (CN share within de minimis).",
         )
-        add(
-            Metric(
-                f"price_compliant_{tag}",
-                unit,
-                f"Volume-weighted price of compliant {name} (CN share within de minimis).",
-                partial(price, product=p, kind="compliant"),
-            )
-        )
-        add(
-            Metric(
-                f"two_tier_spread_{tag}",
-                unit,
-                f"Export FOB minus China domestic price of {name}.",
-                partial(two_tier_spread, product=p),
-            )
-        )
-        add(
-            Metric(
-                f"seller_stock_t_{tag}",
-                "t",
-                f"Stock of {name} held by its sellers.",
-                partial(seller_stock, product=p),
-            )
-        )
-    for b, bloc in enumerate(BLOCS):
-        for kind, text in (
-            ("separated", "separated into oxides in China"),
-            ("processed", "processed in China at any stage (separation or magnets)"),
-            ("mined", "mined in China"),
-            ("route", "whose route touched China (mined or processed)"),
-        ):
+        add(f"two_tier_spread_{tag}", unit, f"Export FOB minus China domestic price of {name}.")
+        add(f"seller_stock_t_{tag}", "t", f"Stock of {name} held by its sellers.")
+    add = family("family:blocs", _bloc_values)
+    texts = {
+        "separated": "separated into oxides in China",
+        "processed": "processed in China at any stage (separation or magnets)",
+        "mined": "mined in China",
+        "route": "whose route touched China (mined or processed)",
+    }
+    for bloc in BLOCS:
+        for kind in _DEPENDENCY_ORDER:
             add(
-                Metric(
-                    f"dependency_{kind}_cn_{bloc}",
-                    "share",
-                    f"Share of the {bloc} bloc's consumption (value at reference prices) {text}.",
-                    partial(dependency, bloc=b, kind=kind),
-                )
+                f"dependency_{kind}_cn_{bloc}",
+                "share",
+                f"Share of the {bloc} bloc's consumption (value at reference prices) "
+                f"{texts[kind]}.",
             )
         add(
-            Metric(
-                f"shortage_{bloc}",
-                "share",
-                f"Unmet share of the {bloc} bloc's end-use need (value-weighted).",
-                partial(shortage, bloc=b),
-            )
+            f"shortage_{bloc}",
+            "share",
+            f"Unmet share of the {bloc} bloc's end-use need (value-weighted).",
         )
-        add(
-            Metric(
-                f"fill_rate_{bloc}",
-                "share",
-                f"1 − shortage_{bloc}.",
-                lambda m, b=b: 1 - shortage(m, b),
-            )
-        )
-        for p, product in enumerate(model.world.products):
-            if p == 0:
-                continue  # concentrate has no end users
+        add(f"fill_rate_{bloc}", "share", f"1 − shortage_{bloc}.")
+        for product in w.products[1:]:  # concentrate has no end users
             add(
-                Metric(
-                    f"shortage_{bloc}_{slug(product)}",
-                    "share",
-                    f"Unmet share of the {bloc} bloc's end-use need of {product}.",
-                    partial(shortage, bloc=b, product=p),
-                )
+                f"shortage_{bloc}_{slug(product)}",
+                "share",
+                f"Unmet share of the {bloc} bloc's end-use need of {product}.",
             )
-    for st, stage in enumerate(STAGES):
+    add = family("family:stages", _stage_values)
+    for stage in STAGES:
         unit = "t magnet/yr" if stage == "magnets" else "t REO/yr"
+        add(f"cn_share_{stage}", "share", f"China's share of world {stage} output this tick.")
         add(
-            Metric(
-                f"cn_share_{stage}",
-                "share",
-                f"China's share of world {stage} output this tick.",
-                partial(china_share, stage=st),
-            )
+            f"hhi_{stage}",
+            "index 0–10,000",
+            f"Herfindahl–Hirschman index of {stage} output by country.",
         )
         add(
-            Metric(
-                f"hhi_{stage}",
-                "index 0–10,000",
-                f"Herfindahl–Hirschman index of {stage} output by country.",
-                partial(hhi, stage=st),
-            )
+            f"utilisation_{stage}", "share", f"Output over effective capacity of {stage} producers."
         )
-        add(
-            Metric(
-                f"utilisation_{stage}",
-                "share",
-                f"Output over effective capacity of {stage} producers.",
-                partial(utilisation, stage=st),
-            )
-        )
-        add(
-            Metric(
-                f"active_producers_{stage}",
-                "count",
-                f"Operating {stage} producers.",
-                partial(active_producers, stage=st),
-            )
-        )
-        for b, bloc in enumerate(BLOCS):
+        add(f"active_producers_{stage}", "count", f"Operating {stage} producers.")
+        for bloc in BLOCS:
             add(
-                Metric(
-                    f"capacity_{stage}_{bloc}",
-                    unit,
-                    f"Built {stage} capacity (operating or idle) in the {bloc} bloc.",
-                    partial(capacity, stage=st, bloc=b),
-                )
+                f"capacity_{stage}_{bloc}",
+                unit,
+                f"Built {stage} capacity (operating or idle) in the {bloc} bloc.",
             )
             add(
-                Metric(
-                    f"profit_{stage}_{bloc}",
-                    "US$ M per tick",
-                    f"Cash profit of {stage} producers in the {bloc} bloc.",
-                    partial(profit, stage=st, bloc=b),
-                )
+                f"profit_{stage}_{bloc}",
+                "US$ M per tick",
+                f"Cash profit of {stage} producers in the {bloc} bloc.",
             )
-    fiscal = (
-        ("tariff_revenue", "Tariff revenue of importing blocs."),
-        ("duty_revenue", "Export duty revenue (China)."),
-        ("levy_revenue", "Border levy revenue (alliance)."),
-        ("floor_subsidy", "Price-floor subsidy paid (alliance)."),
-        ("floor_upside", "Upside above the floor taken by the alliance from covered producers."),
-        ("strategic_pricing", "China's budget spent topping up below-cost export prices."),
-        ("offtake_purchases", "Alliance offtake purchases at the floor price."),
-        ("reserve_carrying_cost", "Carrying cost of the reserve's capital."),
-    )
-    for key, text in fiscal:
-        add(
-            Metric(
-                f"{key}_usd_million", "US$ M per tick", text, lambda m, key=key: m.tick_fiscal[key]
-            )
-        )
+    add = family("family:world", _world_values)
+    for key, text in _FISCAL:
+        add(f"{key}_usd_million", "US$ M per tick", text)
+    add("reserve_stock_t", "t", "Stock held by the strategic reserve (and offtake).")
     add(
-        Metric(
-            "reserve_stock_t",
-            "t",
-            "Stock held by the strategic reserve (and offtake).",
-            lambda m: m.reserve.stock_t,
-        )
+        "reserve_spend_usd_million",
+        "US$ M per tick",
+        "What the strategic reserve paid for purchases this tick.",
     )
     add(
-        Metric(
-            "reserve_spend_usd_million",
-            "US$ M per tick",
-            "What the strategic reserve paid for purchases this tick.",
-            lambda m: float(m.tick_out[-1]),
-        )
+        "reserve_value_usd_million",
+        "US$ M",
+        "Reserve stock at the market's expected price of its product.",
+    )
+    add("reserve_release_t", "t per tick", "Stock the reserve released for sale.")
+    add(
+        "buyers_landed_cost_usd_million",
+        "US$ M per tick",
+        "What end buyers paid for their purchases, all-in.",
+    )
+    add("entries_total", "count", "Pipeline projects come online so far.")
+    add("exits_total", "count", "Producers closed so far.")
+    add("projects_under_construction", "count", "Pipeline projects being built.")
+    add("projects_planned", "count", "Pipeline projects not (yet) started.")
+    add("closed_producers", "count", "Producers closed.")
+    add(
+        "mass_balance_error_t",
+        "t REO",
+        "Mined − (stock change + in transit + consumed + losses); zero up to rounding.",
     )
     add(
-        Metric(
-            "reserve_value_usd_million",
-            "US$ M",
-            "Reserve stock at the market's expected price of its product.",
-            lambda m: m.reserve.stock_t * _reserve_price(m) / 1000.0,
-        )
-    )
-    add(
-        Metric(
-            "reserve_release_t",
-            "t per tick",
-            "Stock the reserve released for sale.",
-            lambda m: m.reserve.tick_released_t,
-        )
-    )
-    add(
-        Metric(
-            "buyers_landed_cost_usd_million",
-            "US$ M per tick",
-            "What end buyers paid for their purchases, all-in.",
-            lambda m: float(m.tick_buyer_spend.sum()),
-        )
-    )
-    add(
-        Metric(
-            "entries_total",
-            "count",
-            "Pipeline projects come online so far.",
-            lambda m: float(m.entries_total),
-        )
-    )
-    add(Metric("exits_total", "count", "Producers closed so far.", lambda m: float(m.exits_total)))
-    add(
-        Metric(
-            "projects_under_construction",
-            "count",
-            "Pipeline projects being built.",
-            lambda m: float((m.world.producers.status == 1).sum()),
-        )
-    )
-    add(
-        Metric(
-            "projects_planned",
-            "count",
-            "Pipeline projects not (yet) started.",
-            lambda m: float((m.world.producers.status == PLANNED).sum()),
-        )
-    )
-    add(
-        Metric(
-            "closed_producers",
-            "count",
-            "Producers closed.",
-            lambda m: float((m.world.producers.status == CLOSED).sum()),
-        )
-    )
-    add(
-        Metric(
-            "mass_balance_error_t",
-            "t REO",
-            "Mined − (stock change + in transit + consumed + losses); zero up to rounding.",
-            lambda m: m.mass_balance_error_t(),
-        )
-    )
-    add(
-        Metric(
-            "money_balance_error_usd_million",
-            "US$ M",
-            "Sum over every account of the closed money system; zero up to rounding.",
-            lambda m: m.money_balance_error_usd_million(),
-        )
+        "money_balance_error_usd_million",
+        "US$ M",
+        "Sum over every account of the closed money system; zero up to rounding.",
     )
     return out
 
@@ -643,12 +600,13 @@ def registry(model: RareEarthModel) -> list[Metric]:
 
 
 class Collector(mesa.DataCollector):
-    """Mesa's ``DataCollector`` for reporters that return floats, which need no copying.
+    """Mesa's ``DataCollector``, taking the registry's metrics a family at a time.
 
     Mesa deep-copies every reported value (a reporter could return a list it goes on
     changing); ours return floats, which are immutable, so after Mesa's own first collection
-    (which validates the reporters) values are appended as they are. Agent and table
-    reporters, if a user adds any, go through Mesa's collection as before.
+    (which validates the reporters) values are appended as they are, each family's values of
+    the tick from one call. Other model reporters a user adds are called one by one; agent and
+    table reporters, if a user adds any, go through Mesa's collection as before.
     """
 
     def collect(self, model: mesa.Model) -> None:
@@ -662,8 +620,39 @@ class Collector(mesa.DataCollector):
             return
         if hasattr(self, "_collection_steps"):
             self._collection_steps.append(model.time)
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan[0] != len(self.model_reporters):  # reporters added since
+            plan = self._plan = (len(self.model_reporters), *self._collection_plan())
+        _, families, others = plan
+        for key, values, columns in families:
+            for column, value in zip(columns, _table(model, key, values), strict=True):
+                column.append(value)
+        for column, reporter in others:
+            column.append(reporter(model))
+
+    def _collection_plan(self) -> tuple[list[tuple[str, Any, list[list[Any]]]], list[Any]]:
+        """Families whose every metric is reported (taken whole), then the other reporters."""
+        members: dict[int, list[tuple[int, list[Any]]]] = {}
+        families: dict[int, _Family] = {}
+        others = []
         for var, reporter in self.model_reporters.items():
-            self.model_vars[var].append(reporter(model))
+            if isinstance(reporter, partial) and reporter.func is _family_value:
+                group, index = reporter.keywords["family"], reporter.keywords["index"]
+                families[id(group)] = group
+                members.setdefault(id(group), []).append((index, self.model_vars[var]))
+            else:
+                others.append((self.model_vars[var], reporter))
+        whole = []
+        for ident, group in families.items():
+            columns = sorted(members[ident], key=lambda member: member[0])
+            if [index for index, _ in columns] == list(range(group.size)):
+                whole.append((group.key, group.values, [column for _, column in columns]))
+            else:  # some of its metrics are left out or reported twice: one by one
+                others += [
+                    (column, partial(_family_value, family=group, index=index))
+                    for index, column in columns
+                ]
+        return whole, others
 
 
 def reporters(model: RareEarthModel) -> dict[str, Callable[[RareEarthModel], float]]:

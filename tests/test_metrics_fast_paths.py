@@ -383,3 +383,79 @@ def test_the_collector_keeps_what_mesas_collector_keeps_and_every_metric_is_a_fl
         assert all(isinstance(r(model), float) for r in metrics.reporters(model).values())
     ours = model.datacollector.get_model_vars_dataframe().iloc[-6:].reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, plain.get_model_vars_dataframe())
+
+
+def named_values(model):
+    """Every metric by name, each from the function (or model attribute) it reports."""
+    w, values = model.world, {}
+    for p, product in enumerate(w.products):
+        tag = metrics.slug(product)
+        for kind in PRICE_KINDS:
+            values[f"price_{kind}_{tag}"] = metrics.price(model, p, kind)
+        values[f"two_tier_spread_{tag}"] = metrics.two_tier_spread(model, p)
+        values[f"seller_stock_t_{tag}"] = metrics.seller_stock(model, p)
+    for b, bloc in enumerate(BLOCS):
+        for kind in DEPENDENCY_KINDS:
+            values[f"dependency_{kind}_cn_{bloc}"] = metrics.dependency(model, b, kind)
+        values[f"shortage_{bloc}"] = metrics.shortage(model, b)
+        values[f"fill_rate_{bloc}"] = 1 - metrics.shortage(model, b)
+        for p, product in enumerate(w.products[1:], start=1):
+            values[f"shortage_{bloc}_{metrics.slug(product)}"] = metrics.shortage(model, b, p)
+    for st, stage in enumerate(metrics.STAGES):
+        values[f"cn_share_{stage}"] = metrics.china_share(model, st)
+        values[f"hhi_{stage}"] = metrics.hhi(model, st)
+        values[f"utilisation_{stage}"] = metrics.utilisation(model, st)
+        values[f"active_producers_{stage}"] = metrics.active_producers(model, st)
+        for b, bloc in enumerate(BLOCS):
+            values[f"capacity_{stage}_{bloc}"] = metrics.capacity(model, st, b)
+            values[f"profit_{stage}_{bloc}"] = metrics.profit(model, st, b)
+    fiscal = ["tariff_revenue", "duty_revenue", "levy_revenue", "floor_subsidy", "floor_upside"]
+    fiscal += ["strategic_pricing", "offtake_purchases", "reserve_carrying_cost"]
+    for key in fiscal:
+        values[f"{key}_usd_million"] = model.tick_fiscal[key]
+    status = w.producers.status
+    values |= {
+        "reserve_stock_t": model.reserve.stock_t,
+        "reserve_spend_usd_million": float(model.tick_out[-1]),
+        "reserve_release_t": model.reserve.tick_released_t,
+        "buyers_landed_cost_usd_million": float(model.tick_buyer_spend.sum()),
+        "entries_total": float(model.entries_total),
+        "exits_total": float(model.exits_total),
+        "projects_under_construction": float((status == 1).sum()),
+        "projects_planned": float((status == metrics.PLANNED).sum()),
+        "closed_producers": float((status == metrics.CLOSED).sum()),
+        "mass_balance_error_t": model.mass_balance_error_t(),
+        "money_balance_error_usd_million": model.money_balance_error_usd_million(),
+    }
+    return values
+
+
+@pytest.mark.parametrize("world", ["export_controls_2025", "strategic_reserve"])
+def test_each_collected_column_is_the_metric_it_names(world):
+    """The collector takes metrics a family at a time: each value lands in its own column."""
+    model = WORLDS[world]()
+    for _ in range(14):
+        model.step()
+        collected = model.datacollector.get_model_vars_dataframe().iloc[-1]
+        expected = named_values(model)
+        assert set(expected) <= set(collected.index)
+        assert set(collected.index) - set(expected) == {"reserve_value_usd_million"}
+        for name, value in expected.items():
+            np.testing.assert_array_equal(collected[name], value, err_msg=name)
+
+
+def test_reporters_a_user_adds_or_leaves_out_are_collected_one_by_one():
+    model = WORLDS["baseline"]()
+    chosen = dict(list(metrics.reporters(model).items())[3:])  # a family with members left out
+    chosen["ticks_seen"] = lambda m: float(m.tick)  # a reporter of the user's own
+    model.datacollector = metrics.Collector(model_reporters=chosen)
+    for _ in range(4):
+        model.step()
+    frame = model.datacollector.get_model_vars_dataframe()
+    assert frame["ticks_seen"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert "price_world_concentrate" not in frame
+    model._metrics_tables = None
+    expected = named_values(model)
+    for name in frame.columns.drop("ticks_seen"):
+        if name in expected:
+            np.testing.assert_array_equal(frame[name].iloc[-1], expected[name], err_msg=name)
