@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from abm import metrics
 from abm.world import BUYER, OUTPUT, RESERVE
 
 if TYPE_CHECKING:
@@ -277,6 +278,7 @@ def _check_balances(model: RareEarthModel) -> None:
         + 1.0
     )
     money = model.money_balance_error_usd_million()
+    metrics.keep_balances(model, mass, money)  # the metrics of this tick report them
     if not abs(money) <= BALANCE_TOLERANCE * moved_usd:
         raise InvariantError(
             model.tick,

@@ -153,14 +153,19 @@ def _table(model: RareEarthModel, name: str, compute: Callable[[RareEarthModel],
     collection after it do not share tables. A table read before collection (``_settle`` reads
     shortage and production) must be computed only from what is final for the tick by then.
     """
+    tables = _tick_tables(model)
+    if name not in tables:
+        tables[name] = compute(model)
+    return tables[name]
+
+
+def _tick_tables(model: RareEarthModel) -> dict[str, Any]:
+    """This tick's metric tables by name (a new, empty set when the tick has moved on)."""
     key = (model.tick, model.steps, model.warming_up)
     cached = getattr(model, "_metrics_tables", None)
     if cached is None or cached[0] != key:
         cached = model._metrics_tables = (key, {})
-    tables = cached[1]
-    if name not in tables:
-        tables[name] = compute(model)
-    return tables[name]
+    return cached[1]
 
 
 # ------------------------------------------------------------------ prices
@@ -444,9 +449,20 @@ def _world_values(model: RareEarthModel) -> list[float]:
         float((status == 1).sum()),
         float((status == PLANNED).sum()),
         float((status == CLOSED).sum()),
-        model.mass_balance_error_t(),
-        model.money_balance_error_usd_million(),
+        *_table(model, "balances", _compute_balances),
     ]
+
+
+def _compute_balances(model: RareEarthModel) -> tuple[float, float]:
+    return model.mass_balance_error_t(), model.money_balance_error_usd_million()
+
+
+def keep_balances(model: RareEarthModel, mass_t: float, money_usd_million: float) -> None:
+    """Keep the balance errors just computed (by the invariant check) for this tick's metrics.
+
+    The metrics then report them rather than computing them again.
+    """
+    _tick_tables(model)["balances"] = (mass_t, money_usd_million)
 
 
 _PRICE_KINDS = ("world", "cn_domestic", "export_fob", "alliance_landed", "compliant")
