@@ -164,7 +164,7 @@ class Producer(mesa.Agent):
         ids = np.arange(len(p.names)) if producers is None else producers
         stage = p.stage[ids]
         margin = np.zeros(len(ids))
-        mine, sep, mag = (np.flatnonzero(stage == k) for k in range(3))  # positions in ids
+        mine, sep, mag = ((stage == k).nonzero()[0] for k in range(3))  # positions in ids
         if len(mine):
             miners = ids[mine]
             if market_view:
@@ -500,7 +500,7 @@ class Processor(Producer):
         """Set desired purchases of ``product`` for every processor that uses it."""
         w, p, s = model.world, model.world.producers, model.world.stocks
         rows_all = p.input_rows[:, product]
-        users = np.flatnonzero(rows_all >= 0)
+        users = (rows_all >= 0).nonzero()[0]
         if len(users) == 0:
             return
         rows = rows_all[users]

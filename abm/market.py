@@ -179,7 +179,7 @@ def clear(
             buyer_in = (want_compliant + want_any)[play.buyer] > 0  # per live buyer: still wants
             every_seller = bool(seller_in.all())
             if not every_seller or not buyer_in.all():
-                in_play = np.repeat(buyer_in, play.lengths)  # per live edge
+                in_play = buyer_in.repeat(play.lengths)  # per live edge
                 if not every_seller:
                     in_play &= seller_in[play.seller]
                 if not in_play.any():  # every buyer served or every seller sold out
@@ -187,7 +187,7 @@ def clear(
                 if not in_play.all():
                     play.keep(in_play)
             s, starts, lengths = play.seller, play.starts, play.lengths
-            scale = one_scale if constant_scale else np.repeat(price_scale[play.buyer], lengths)
+            scale = one_scale if constant_scale else price_scale[play.buyer].repeat(lengths)
             placed = []  # per tranche: tonnes ordered per live edge; None if no buyer wants any
             for want, restrict in ((want_compliant, play.compliant), (want_any, None)):
                 if want is want_compliant and not any_compliant:
@@ -198,7 +198,7 @@ def clear(
                     placed.append(None)
                     continue
                 share = _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite)
-                share *= np.repeat(wanted, lengths)
+                share *= wanted.repeat(lengths)
                 placed.append(share)
             present = [tranche for tranche in placed if tranche is not None]
             edge_orders = (
@@ -290,7 +290,7 @@ class _InPlay:
             self.lengths = per_run
         else:
             self.lengths, self.buyer = per_run[runs], self.buyer[runs]
-        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.starts = self.lengths.cumsum() - self.lengths
         self.at = kept if self.at is None else self.at[kept]
         self.seller, self.cost = self.seller[kept], self.cost[kept]
         self.compliant = None if self.compliant is None else self.compliant[kept]
@@ -345,14 +345,14 @@ def _run_logit(
     if len(masked) == 0:
         return np.zeros(0)
     best = np.minimum.reduceat(masked, starts)  # per run
-    weight = masked - np.repeat(best, lengths)  # per edge: gap to the best, >= 0, inf or nan
+    weight = masked - best.repeat(lengths)  # per edge: gap to the best, >= 0, inf or nan
     weight /= scale
     weight *= -beta
     np.exp(weight, out=weight)  # an infinite gap weighs 0
     if restrict is not None or not finite:
         weight[np.isnan(weight)] = 0.0  # a buyer with nothing eligible, or an undefined cost
     total = np.add.reduceat(weight, starts)  # per run
-    weight /= np.repeat(np.where(total > 0, total, 1.0), lengths)
+    weight /= np.where(total > 0, total, 1.0).repeat(lengths)
     return weight
 
 

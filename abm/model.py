@@ -74,7 +74,7 @@ class _MarketIndex:
 
     def to_edges(self, per_buyer: np.ndarray) -> np.ndarray:
         """Per edge: its buyer's value of a per-local-buyer quantity."""
-        return np.repeat(per_buyer, self.buyer_lengths)
+        return per_buyer.repeat(self.buyer_lengths)
 
 
 class RareEarthModel(mesa.Model):

@@ -19,6 +19,7 @@ transport cost, lead time and policy terms. Edges are stored sorted by product, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,39 +32,39 @@ PLANNED, CONSTRUCTION, OPERATING, IDLE, CLOSED = range(5)
 NEVER = np.iinfo(np.int64).max  # tick of capacity that is not scheduled to come online
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
-    """Column layout of the lot attributes."""
+    """Column layout of the lot attributes (fixed once made: its sizes are worked out once)."""
 
     countries: list[str]
     elements: list[str]
 
-    @property
+    @cached_property
     def n_countries(self) -> int:
         """Number of countries."""
         return len(self.countries)
 
-    @property
+    @cached_property
     def n_origin(self) -> int:
         """Number of provenance cells: mining country × (processing country | unprocessed)."""
         return self.n_countries * (self.n_countries + 1)
 
-    @property
+    @cached_property
     def processed_cn(self) -> int:
         """Column of the processed-in-China share."""
         return self.n_origin
 
-    @property
+    @cached_property
     def touched_cn(self) -> int:
         """Column of the route-touched-China share."""
         return self.n_origin + 1
 
-    @property
+    @cached_property
     def composition(self) -> slice:
         """Columns of the element composition."""
         return slice(self.n_origin + 2, self.n_origin + 2 + len(self.elements))
 
-    @property
+    @cached_property
     def width(self) -> int:
         """Total number of attribute columns."""
         return self.n_origin + 2 + len(self.elements)
