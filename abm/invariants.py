@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from abm import metrics
-from abm.world import BUYER, OUTPUT, RESERVE
+from abm import metrics, provenance, threads
+from abm.world import BUYER, OUTPUT, RESERVE, Layout
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -172,15 +172,32 @@ def _sound(model: RareEarthModel) -> bool:
             -np.inf,
             strictly=True,
         )
-        and (attrs.size == 0 or attrs.min() >= -SHARE_TOLERANCE)
-        and (attrs.size == 0 or attrs.max() <= 1 + SHARE_TOLERANCE)
     ):
+        return False
+    held = qty > 0  # per row
+    step = max(provenance.CHUNK_CELLS // max(attrs.shape[1], 1), 1)  # rows judged at a time
+    unsound: list[int] = []  # first rows of chunks found wanting (appended from any thread)
+
+    def judge(part: slice) -> None:
+        # chunks small enough to stay in cache through the passes over them
+        for start in range(part.start, part.stop, step):
+            rows = slice(start, min(start + step, part.stop))
+            if not _attrs_sound(attrs[rows], held[rows], w.layout):
+                unsound.append(start)
+                return
+
+    threads.run(judge, threads.even(len(qty), attrs.shape[1]))
+    return not unsound
+
+
+def _attrs_sound(attrs: np.ndarray, held: np.ndarray, layout: Layout) -> bool:
+    """Whether some rows' attributes lie in [0, 1] and, where stock is held, sum to 1."""
+    if attrs.size and not (attrs.min() >= -SHARE_TOLERANCE and attrs.max() <= 1 + SHARE_TOLERANCE):
         return False
     # provenance and composition of held stock sum to 1: a row sum over a view of the columns
     # (no copy, and no BLAS call, whose idle threads would spin on the other cores); its
     # rounding differs from :func:`_locate`'s sums by far less than SUM_MARGIN
-    held = qty > 0  # per row
-    for columns in (slice(0, w.layout.n_origin), w.layout.composition):
+    for columns in (slice(0, layout.n_origin), layout.composition):
         total = attrs[:, columns].sum(axis=1)[held]  # per held row
         if not np.abs(total - 1.0).max(initial=0.0) <= SHARE_TOLERANCE - SUM_MARGIN:
             return False

@@ -21,6 +21,7 @@ import mesa
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.sparse import _sparsetools
 
 from abm import provenance
 from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, OUTPUT, PLANNED, PROCESSOR
@@ -700,9 +701,13 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     w, e = model.world, model.world.edges
     n_c = w.layout.n_countries
     n_keys = len(w.products) * n_c * n_c
-    key = getattr(model, "_country_pair_key", None)  # per edge (edges never change)
-    if key is None:
-        key = model._country_pair_key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country
+    pairs = getattr(model, "_country_pairs", None)  # edges never change
+    if pairs is None:
+        key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country  # per edge
+        index = np.intc if len(key) < np.iinfo(np.intc).max else np.intp
+        columns = np.arange(len(key) + 1, dtype=index)  # per edge: its one entry
+        pairs = model._country_pairs = (key, columns, key.astype(index))
+    key, by_edge, pair = pairs
     flow = e.flow_t
     total = np.bincount(key, flow, minlength=n_keys)  # per pair
     cells = np.flatnonzero(total > 0)
@@ -711,7 +716,12 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     touched = np.take(touched_cn, e.seller)  # per edge
 
     def mean(per_t: np.ndarray) -> np.ndarray:
-        return np.bincount(key, flow * per_t, minlength=n_keys)[cells] / moved
+        # Σ flow · per_t per pair, edge after edge: scipy's kernel for a pair × edge matrix with
+        # one entry per edge (its flow), times ``per_t``. The sums of ``np.bincount(key, flow *
+        # per_t)``, without the product's array
+        sums = np.zeros(n_keys)
+        _sparsetools.csc_matvec(n_keys, len(key), by_edge, pair, flow, per_t, sums)
+        return sums[cells] / moved
 
     return {
         "tick": model.tick,

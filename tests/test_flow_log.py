@@ -69,3 +69,26 @@ def test_a_run_without_flow_log_writes_a_complete_folder_with_empty_flows(tmp_pa
     (folder,) = out.iterdir()
     assert pd.read_parquet(folder / "flows.parquet").empty
     assert not pd.read_parquet(folder / "metrics.parquet").empty
+
+
+def test_country_means_are_the_sums_of_flow_times_price_edge_after_edge():
+    """The country log's sums (scipy's kernel, no product array) are bit for bit the plain
+    per-pair sums of ``flow × value`` in edge order (``np.bincount``)."""
+    from abm import metrics
+
+    model = _runs(6)["countries"]
+    w, e = model.world, model.world.edges
+    n_c = w.layout.n_countries
+    key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country
+    total = np.bincount(key, e.flow_t, minlength=len(w.products) * n_c * n_c)
+    cells = np.flatnonzero(total > 0)
+    record = metrics.country_flows(model)
+    np.testing.assert_array_equal(record["key"], cells)
+    touched = w.stocks.attrs[e.seller, w.layout.touched_cn]
+    for name, value in (
+        ("ask_usd_per_kg", model.edge_ask),
+        ("landed_usd_per_kg", model.edge_landed),
+        ("touched_cn_share", touched),
+    ):
+        plain = np.bincount(key, e.flow_t * value, minlength=len(total))[cells] / total[cells]
+        np.testing.assert_array_equal(record[name], plain, err_msg=name)

@@ -19,7 +19,7 @@ import itertools
 import numpy as np
 import pytest
 
-from abm import RareEarthModel, invariants, metrics, provenance
+from abm import RareEarthModel, invariants, metrics, provenance, threads
 from abm.invariants import InvariantError
 from abm.scenario import build_scenario
 from abm.world import BLOCS, IDLE, MINE, OPERATING, PROCESSOR
@@ -346,11 +346,20 @@ INVARIANT_WORLDS = {
 }
 
 
-@pytest.mark.parametrize("world", INVARIANT_WORLDS)
-def test_invariant_check_raises_like_the_agent_by_agent_check(world):
+@pytest.mark.parametrize(
+    "world,chunked", [(world, False) for world in INVARIANT_WORLDS] + [("baseline", True)]
+)
+def test_invariant_check_raises_like_the_agent_by_agent_check(world, chunked, monkeypatch):
+    """``chunked``: the attributes are judged a few rows at a time on two threads, as a
+    firm-level world's are (a broken row in any chunk, first or last, is found)."""
     model = INVARIANT_WORLDS[world]()
     for _ in range(3):
         model.step()
+    if chunked:
+        monkeypatch.setattr(provenance, "CHUNK_CELLS", 3 * model.world.layout.width)
+        monkeypatch.setattr(threads, "MIN_CELLS", 20 * model.world.layout.width)
+        monkeypatch.setenv(threads.ENV, "2")
+        assert len(threads.even(len(model.world.stocks.qty_t), model.world.layout.width)) == 2
     assert outcome(invariants.check, model) is None
     raised = 0
     for what, array, index, value in perturbations(model):
