@@ -46,7 +46,6 @@ RECEIVED = (
     "capital_goods",
 )
 PAID = ("floor_subsidy", "strategic_pricing", "offtake_purchases")
-SMALL_ARRIVAL = 4096  # receiving rows up to which a tick's arrivals are mixed in one call
 
 
 @dataclass
@@ -121,7 +120,7 @@ class RareEarthModel(mesa.Model):
         self._init_accounts()
         self.row_account = self._row_accounts()
         self._markets = [self._index_market(sl) for sl in self.world.edges.market_slices]
-        self._merge = provenance.Merge()  # how a small world's arrivals group, kept per combination
+        self._merge = provenance.Merge()  # how arrivals group, kept per combination of legs
         w = self.world
         self._abroad = (w.edges.buyer_country != w.china).astype(float)  # per edge
         self._init_buyer_terms()
@@ -460,16 +459,12 @@ class RareEarthModel(mesa.Model):
         shipments = w.transit_attr_t[slot]
         if not shipments:
             return
-        if len(shipments) > 1 and sum(len(rows) for rows, _, _ in shipments) <= SMALL_ARRIVAL:
-            # a small world: one mixing call (per-call overhead) rather than one per shipment
+        if len(shipments) > 1:  # mixed at once, as if their lots came one after another
             arrived = self._merge.mix_into(w.stocks.qty_t, w.stocks.attrs, shipments)
         else:
-            for rows, qty, mass in shipments:  # one shipment after the other: mixing is additive
-                provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
-            arriving = np.zeros(len(w.stocks.qty_t), dtype=bool)  # per row
-            for rows, qty, _ in shipments:
-                arriving[rows[qty > 0]] = True
-            arrived = np.flatnonzero(arriving)
+            rows, qty, mass = shipments[0]
+            provenance.mix_into(w.stocks.qty_t, w.stocks.attrs, rows, qty, mass)
+            arrived = np.unique(rows[qty > 0])
         w.transit_t[slot, arrived] = 0.0
         w.transit_attr_t[slot] = []
         self.in_transit_t[arrived] = w.transit_t[:, arrived].sum(axis=0)

@@ -207,31 +207,33 @@ def _mix_rows(
 ) -> None:
     """:func:`mix_into` for receiving rows that are distinct and increasing."""
     received = inflow > 0
-    if not received.all():
-        target, inflow, inflow_attr = target[received], inflow[received], inflow_attr[received]
-    if len(target) == 0:
+    picked = None if received.all() else received.nonzero()[0]  # None: every row received
+    n_rows = len(target) if picked is None else len(picked)
+    if n_rows == 0:
         return
     width = attrs.shape[1]
     step = max(CHUNK_CELLS // width, 1)  # receiving rows mixed at a time
 
     def mix(part: slice) -> None:
-        # chunks of rows small enough to stay in cache through the three passes over them
+        # chunks of rows small enough to stay in cache through the three passes over them (rows
+        # that received nothing are left out chunk by chunk, not by copying the inflows)
         for start in range(part.start, part.stop, step):
             chunk = slice(start, min(start + step, part.stop))
-            receiving = target[chunk]
+            pick = chunk if picked is None else picked[chunk]
+            receiving = target[pick]
             # rows that form one block (a market's buyers usually do) are updated in place
             block = receiving[-1] - receiving[0] == len(receiving) - 1
             where = slice(receiving[0], receiving[-1] + 1) if block else receiving
-            new_qty = qty[where] + inflow[chunk]
+            new_qty = qty[where] + inflow[pick]
             lots = attrs[where]  # per receiving row × attribute: a view of a block, else a copy
             lots *= qty[where, None]
-            lots += inflow_attr[chunk]
+            lots += inflow_attr[pick]
             lots /= new_qty[:, None]
             if not block:
                 attrs[where] = lots
             qty[where] = new_qty
 
-    threads.run(mix, threads.even(len(target), width))  # each row's arithmetic is its own
+    threads.run(mix, threads.even(n_rows, width))  # each row's arithmetic is its own
 
 
 Shipment = tuple[np.ndarray, np.ndarray, np.ndarray]  # receiving rows, tonnes, attribute mass
@@ -250,8 +252,9 @@ class Merge:
 
     """
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = 32) -> None:
         self.limit = limit
+        self._buffer: np.ndarray | None = None  # the sums' memory, reused
         # per combination (ids of its row arrays): the arrays, then how their lots group
         self._plans: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], _MergePlan]] = {}
 
@@ -262,17 +265,30 @@ class Merge:
         moving = np.concatenate([tonnes for _, tonnes, _ in shipments])[plan.order]
         inflow = np.add.reduceat(moving, plan.starts)  # per receiving row
         width = attrs.shape[1]
-        inflow_attr = np.zeros((len(plan.target), width))  # per receiving row × attribute
-        out = inflow_attr.reshape(-1)
-        for (_, _, mass), (indptr, indices, ones) in zip(shipments, plan.links, strict=True):
-            # scipy's kernel for ``members @ mass``, adding each shipment in turn: per row,
-            # the sum over the concatenated lots in their order
-            flat = np.ascontiguousarray(mass).reshape(-1)
-            _sparsetools.csr_matvecs(
-                len(plan.target), len(ones), width, indptr, indices, ones, flat, out
-            )
+        inflow_attr = self._zeros(len(plan.target), width)  # per receiving row × attribute
+        masses = [np.ascontiguousarray(mass).reshape(-1) for _, _, mass in shipments]
+
+        def add(rows: slice) -> None:
+            # scipy's kernel for ``members @ mass``, adding each shipment in turn: per row, the
+            # sum over the concatenated lots in their order
+            out = inflow_attr[rows].reshape(-1)
+            for flat, (indptr, indices, ones) in zip(masses, plan.links, strict=True):
+                band = indptr[rows.start : rows.stop + 1]  # the kernel reads absolute positions
+                _sparsetools.csr_matvecs(
+                    rows.stop - rows.start, len(ones), width, band, indices, ones, flat, out
+                )
+
+        threads.run(add, threads.even(len(plan.target), width))  # each row's sums are its own
         _mix_rows(qty, attrs, plan.target, inflow, inflow_attr)
         return plan.target[inflow > 0]
+
+    def _zeros(self, rows: int, width: int) -> np.ndarray:
+        """Zeros (rows × width) in the same memory each tick (a new large array faults per page)."""
+        if self._buffer is None or self._buffer.size < rows * width:
+            self._buffer = np.zeros(rows * width)
+        out = self._buffer[: rows * width].reshape(rows, width)
+        out.fill(0.0)
+        return out
 
     def _plan(self, parts: tuple[np.ndarray, ...]) -> _MergePlan:
         key = tuple(map(id, parts))

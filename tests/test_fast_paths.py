@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abm import RareEarthModel, market, metrics, provenance
+from abm import RareEarthModel, market, metrics, provenance, threads
 from abm.scenario import load_scenario
 from abm.world import BLOCS, IDLE, OPERATING, RESERVE, _draw_distinct
 from benchmarks.synthetic import synthetic_scenario
@@ -240,10 +240,15 @@ def test_mixing_in_place_matches_mass_weighted_averages(contiguous):
     np.testing.assert_allclose(attrs, expected_attrs, **TOL)
 
 
-def test_merged_shipments_mix_exactly_as_their_concatenation():
-    """Several shipments mixed at once (a small world's arrivals) give the bits of one
+@pytest.mark.parametrize("split", [False, True])
+def test_merged_shipments_mix_exactly_as_their_concatenation(split, monkeypatch):
+    """Several shipments mixed at once (a tick's arrivals) give the bits of one
     :func:`provenance.mix_into` call on the shipments concatenated, the first time and when
-    the grouping of the same row arrays is reused; other row arrays get their own grouping."""
+    the grouping of the same row arrays is reused; other row arrays get their own grouping.
+    ``split``: the sums are made in bands of receiving rows on two threads."""
+    if split:
+        monkeypatch.setattr(threads, "MIN_CELLS", 20)
+        monkeypatch.setenv(threads.ENV, "2")
     rng = np.random.default_rng(12)
     # rows get lots from several shipments and repeat within one: the order of their sums
     # shows in the bits
