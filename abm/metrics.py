@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import mesa
 import numpy as np
 import pandas as pd
-from scipy import sparse
 from scipy.sparse import _sparsetools
 
 from abm import provenance
@@ -75,7 +74,8 @@ class _Groups:
     # each (bloc, product or None for all products) runs in them: a shortage sums one run
     shortage_runs: list[tuple[np.ndarray, dict[tuple[int, int | None], slice]]]
     consumption_cells: np.ndarray  # per (product × bloc) group with buyers: its cell
-    consumption_members: sparse.csr_array  # per group × buyer: 1 where the buyer is in it
+    consumption_routes: provenance.Routes  # per buyer to its (product × bloc) group
+    consumption_ones: np.ndarray  # per buyer: 1.0, what each buyer's row counts for
     # per producer
     stage_producers: list[np.ndarray]  # per stage: its producers
     stage_country: np.ndarray  # stage × country cell
@@ -105,7 +105,8 @@ def _build_groups(model: RareEarthModel, key: tuple[Any, ...]) -> _Groups:
     seller_cn, buyer_cn = e.seller_country == w.china, e.buyer_country == w.china  # per edge
     markets = e.market_slices  # per product: its contiguous edges
     buyer_bloc = w.country_bloc[b.country]  # per buyer
-    cells, members = provenance.group_matrix(b.product * n_blocs + buyer_bloc)
+    buyer_group = b.product * n_blocs + buyer_bloc  # per buyer
+    buyers = np.arange(len(buyer_group))
     producer_row = (s.owner_kind == MINE) | (s.owner_kind == PROCESSOR)  # per stock row
     return _Groups(
         key=key,
@@ -124,8 +125,9 @@ def _build_groups(model: RareEarthModel, key: tuple[Any, ...]) -> _Groups:
                 [(bloc, product) for bloc in range(n_blocs) for product in range(n_products)],
             ),
         ],
-        consumption_cells=cells,
-        consumption_members=members,
+        consumption_cells=np.unique(buyer_group),
+        consumption_routes=provenance.Routes(buyer_group, buyers, len(buyers)),
+        consumption_ones=np.ones(len(buyer_group)),
         stage_producers=[np.flatnonzero(p.stage == stage) for stage in range(len(STAGES))],
         stage_country=p.stage * n_countries + p.country,
         stage_bloc=p.stage * n_blocs + w.country_bloc[p.country],
@@ -801,7 +803,8 @@ def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:
     """
     w, g = model.world, _groups(model)
     n = w.layout.n_countries
-    by_group = g.consumption_members @ model.consumed_attr_t  # per group × attribute, t
+    # per group × attribute, t: each group's buyers summed in buyer order (on the row threads)
+    _, by_group = g.consumption_routes.inflows(g.consumption_ones, model.consumed_attr_t)
     cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))  # per product × bloc cell
     cube[g.consumption_cells] = provenance.origin_matrix(by_group, w.layout)  # mine × sep
     cell, mine, sep = np.nonzero(cube > 0)
