@@ -372,7 +372,7 @@ def output_target(model: RareEarthModel, rows: np.ndarray, capacity_t: np.ndarra
     s, cfg = model.world.stocks, model.config.market
     target = 0.5 * model.months_to_ticks(cfg.stock_cover_months) * capacity_t
     adjust = model.months_to_ticks(cfg.order_adjust_months)
-    return np.clip(s.expected_sales_t[rows] + (target - s.qty_t[rows]) / adjust, 0.0, None)
+    return np.maximum(s.expected_sales_t[rows] + (target - s.qty_t[rows]) / adjust, 0.0)
 
 
 def output_capacity_t(model: RareEarthModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -484,7 +484,7 @@ class Mine(Producer):
         mines = np.flatnonzero(p.stage == 0)
         rows = p.output_rows[mines, 0]
         cap = model.effective_capacity[mines]
-        out = np.clip(np.minimum(cap, output_target(model, rows, cap)), 0.0, None)  # per mine
+        out = np.maximum(np.minimum(cap, output_target(model, rows, cap)), 0.0)  # per mine
         p.output_t[mines] = out
         s.qty_t[rows] += out
         model.mined_t_total += out.sum()
@@ -516,7 +516,7 @@ class Processor(Producer):
         margin_ok = Producer.unit_margin(model, market_view=False, producers=users) > 0
         planned = np.where(margin_ok, planned, 0.0)
         target = (planned + model.months_to_ticks(cover) * cap) * coef
-        s.desired_t[rows] = np.clip(target - s.qty_t[rows] - model.in_transit_t[rows], 0, None)
+        s.desired_t[rows] = np.maximum(target - s.qty_t[rows] - model.in_transit_t[rows], 0)
 
     @staticmethod
     def _separation_target(model: RareEarthModel, users: np.ndarray) -> np.ndarray:
@@ -562,7 +562,7 @@ class Processor(Producer):
         cap = model.effective_capacity[plants]
         room = Processor._separation_target(model, plants)
         value_ok = Processor._processing_covered(model, plants)
-        through = np.clip(np.minimum(np.minimum(cap, s.qty_t[in_rows]), room), 0.0, None)
+        through = np.maximum(np.minimum(np.minimum(cap, s.qty_t[in_rows]), room), 0.0)
         through = np.where(value_ok, through, 0.0)  # per plant, t REO input
         comp = s.attrs[in_rows, w.layout.composition]
         yields = comp * p.recovery[plants]  # plant × element
@@ -599,7 +599,7 @@ class Processor(Producer):
         out_rows = p.output_rows[plants, magnet]
         room = output_target(model, out_rows, cap)
         price_ok = s.expected_price_usd_per_kg[out_rows] >= p.unit_cost_usd_per_kg[plants]
-        made = np.clip(np.minimum(np.minimum(cap, possible), room), 0.0, None)
+        made = np.maximum(np.minimum(np.minimum(cap, possible), room), 0.0)
         made = np.where(price_ok, made, 0.0)  # per plant, t magnet
         use = made[:, None] * recipe[used]  # plant × used element, t oxide
         reo_in = use.sum(axis=1)
@@ -701,7 +701,7 @@ class Buyer(mesa.Agent):
         target = b.need_t * model.months_to_ticks(b.inventory_target_months)
         gap = target - s.qty_t[b.row] - model.in_transit_t[b.row]
         adjust = model.months_to_ticks(model.config.market.order_adjust_months)
-        s.desired_t[b.row] = np.clip(b.need_t + gap / adjust, 0.0, None)
+        s.desired_t[b.row] = np.maximum(b.need_t + gap / adjust, 0.0)
 
     @staticmethod
     def consume(model: RareEarthModel) -> np.ndarray:

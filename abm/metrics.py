@@ -11,6 +11,7 @@ export FOB price when China exports nothing) is NaN.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -644,8 +645,8 @@ class Collector(mesa.DataCollector):
             plan = self._plan = (len(self.model_reporters), *self._collection_plan())
         _, families, others = plan
         for key, values, columns in families:
-            for column, value in zip(columns, _table(model, key, values), strict=True):
-                column.append(value)
+            # each value onto its column, the loop run by ``deque`` (in C) rather than Python
+            deque(map(list.append, columns, _table(model, key, values)), maxlen=0)
         for column, reporter in others:
             column.append(reporter(model))
 
