@@ -238,7 +238,7 @@ def clear(
             )
             left -= sold
             np.maximum(left, 0.0, out=left)
-    flow, ordered, unfilled = play.results() if placed_any else np.zeros((3, n_edges))
+    flow, ordered, unfilled = play.results(n_edges) if placed_any else np.zeros((3, n_edges))
     if order is not None:  # back to the caller's edge order
         flow, ordered, unfilled = (_unsort(x, order) for x in (flow, ordered, unfilled))
     return Clearing(
@@ -277,17 +277,12 @@ class _InPlay:
         self.flow: np.ndarray | None = None  # per live edge: tonnes filled so far
         self.ordered: np.ndarray | None = None  # per live edge: tonnes ordered so far
         self.unfilled: tuple[np.ndarray | slice, np.ndarray | None] | None = None  # last round
-        self.n_edges = len(seller)
-        self._totals: np.ndarray | None = None  # (flow, orders, unfilled) × every edge
+        self._flushed: list[tuple[np.ndarray | slice, np.ndarray, np.ndarray]] = []
 
     def keep(self, keep: np.ndarray) -> None:
         """Keep only the live edges where ``keep`` (per live edge) is true."""
-        if self.flow is not None:  # edges leaving play write out their totals, final now
-            leaving = ~keep
-            if leaving.any():
-                where = leaving.nonzero()[0] if self.at is None else self.at[leaving]
-                totals = self._out()
-                totals[0, where], totals[1, where] = self.flow[leaving], self.ordered[leaving]
+        if self.flow is not None:  # edges leaving play take their totals with them
+            self._flushed.append((self._where(), self.flow, self.ordered))
         kept = keep.nonzero()[0]  # per kept edge: its live position
         per_run = np.add.reduceat(keep, self.starts, dtype=np.intp) if len(keep) else keep
         runs = per_run > 0
@@ -318,16 +313,11 @@ class _InPlay:
         """Orders unfilled in this round (None: none), the last round's count."""
         self.unfilled = (self._where(), unfilled)
 
-    def _out(self) -> np.ndarray:
-        if self._totals is None:
-            self._totals = np.zeros((3, self.n_edges))
-        return self._totals
-
-    def results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def results(self, n_edges: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per edge: flow, orders summed over rounds, orders unfilled in the last round."""
-        flow, ordered, unfilled = self._out()
-        where = self._where()
-        flow[where], ordered[where] = self.flow, self.ordered
+        flow, ordered, unfilled = np.zeros((3, n_edges))
+        for where, f, o in (*self._flushed, (self._where(), self.flow, self.ordered)):
+            flow[where], ordered[where] = f, o
         where, last = self.unfilled
         if last is not None:
             unfilled[where] = last
