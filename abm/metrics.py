@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import mesa
 import numpy as np
 import pandas as pd
-from scipy.sparse import _sparsetools
 
 from abm import provenance
 from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, OUTPUT, PLANNED, PROCESSOR
@@ -192,11 +191,31 @@ def _price_table(model: RareEarthModel) -> dict[str, np.ndarray]:
     return _table(model, "prices", _compute_prices)
 
 
+def world_trade(model: RareEarthModel) -> dict[str, np.ndarray]:
+    """This tick's trades at the ask, computed once per tick.
+
+    ``sales`` per edge (t × US$/kg), and per product the ``volume`` traded (t) and its
+    ``value`` (the sum of sales): for the market's price expectations and the world price
+    metrics alike.
+    """
+    return _table(model, "world_trade", _compute_world_trade)
+
+
+def _compute_world_trade(model: RareEarthModel) -> dict[str, np.ndarray]:
+    g, e = _groups(model), model.world.edges
+    sales = e.flow_t * model.edge_ask  # per edge
+    volume, value = np.zeros((2, len(g.has_edges)))  # per product
+    if len(g.market_starts):  # markets tile the edge list in product order
+        volume[g.has_edges] = np.add.reduceat(e.flow_t, g.market_starts)
+        value[g.has_edges] = np.add.reduceat(sales, g.market_starts)
+    return {"sales": sales, "volume": volume, "value": value}
+
+
 def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
     g, e = _groups(model), model.world.edges
     flow, ask = e.flow_t, model.edge_ask  # per edge: t, US$/kg
     select = {  # per kind: the trades (per edge; None: all) and the price they count at
-        "world": (None, ask),
+        "world": (None, ask),  # every trade: summed once per tick (world_trade)
         "cn_domestic": (g.cn_domestic, ask),
         "export_fob": (g.export_fob, None),  # the ask plus export duty, filled in below
         "alliance_landed": (g.alliance_buyer, model.edge_landed),
@@ -204,13 +223,14 @@ def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
     }
     sums = np.zeros((len(select), 2, len(g.has_edges)))  # per kind: (tonnes, value) × product
     selected, value = work = g.edge_work  # per edge, overwritten kind by kind
+    world = world_trade(model)
+    sums[0] = world["volume"], world["value"]
     for k, (mask, price) in enumerate(select.values()):
+        if mask is None:
+            continue  # the world's trades, summed above
         if price is None:  # duty paid: the ask times (1 + duty)
             price = np.multiply(ask, np.add(1.0, e.duty, out=value), out=value)
-        if mask is None:
-            np.copyto(selected, flow)
-        else:
-            np.multiply(flow, mask, out=selected)
+        np.multiply(flow, mask, out=selected)
         np.multiply(selected, price, out=value)
         if len(g.market_starts):  # markets tile the edge list in product order
             sums[k][:, g.has_edges] = np.add.reduceat(work, g.market_starts, axis=1)
@@ -707,10 +727,8 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     pairs = getattr(model, "_country_pairs", None)  # edges never change
     if pairs is None:
         key = (e.product * n_c + e.seller_country) * n_c + e.buyer_country  # per edge
-        index = np.intc if len(key) < np.iinfo(np.intc).max else np.intp
-        columns = np.arange(len(key) + 1, dtype=index)  # per edge: its one entry
-        pairs = model._country_pairs = (key, columns, key.astype(index))
-    key, by_edge, pair = pairs
+        pairs = model._country_pairs = (key, provenance.GroupSums(key, n_keys))
+    key, per_pair = pairs
     flow = e.flow_t
     total = np.bincount(key, flow, minlength=n_keys)  # per pair
     cells = np.flatnonzero(total > 0)
@@ -719,12 +737,7 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     touched = np.take(touched_cn, e.seller)  # per edge
 
     def mean(per_t: np.ndarray) -> np.ndarray:
-        # Σ flow · per_t per pair, edge after edge: scipy's kernel for a pair × edge matrix with
-        # one entry per edge (its flow), times ``per_t``. The sums of ``np.bincount(key, flow *
-        # per_t)``, without the product's array
-        sums = np.zeros(n_keys)
-        _sparsetools.csc_matvec(n_keys, len(key), by_edge, pair, flow, per_t, sums)
-        return sums[cells] / moved
+        return per_pair.of(flow, per_t)[cells] / moved  # flow-weighted, summed edge by edge
 
     return {
         "tick": model.tick,

@@ -67,6 +67,8 @@ class _MarketIndex:
     legs: list[tuple[int, slice, np.ndarray]] | None = None  # per lead time: destinations, rows
     shipped: list[np.ndarray | None] | None = None  # ``routes`` outputs, reused in turn
 
+    sales_by_seller: provenance.GroupSums | None = None  # per edge → its local seller
+
     def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
         """Per local buyer: the sum of a per-edge quantity over its edges."""
         return np.add.reduceat(per_edge, self.buyer_starts)
@@ -239,6 +241,7 @@ class RareEarthModel(mesa.Model):
             buyer_lengths,
             seller_accounts,
             buyer_accounts,
+            sales_by_seller=provenance.GroupSums(seller_local, len(seller_rows)),
         )
 
     def _init_buyer_terms(self) -> None:
@@ -688,14 +691,16 @@ class RareEarthModel(mesa.Model):
         """Buyers pay the landed cost: the ask to the seller, duty, tariff, levy, transport."""
         e, sl = self.world.edges, m.edges
         to_money = flow / KG_PER_T  # t × US$/kg → US$ million, per edge
-        sales = to_money * ask  # per edge, US$ M
-        self._credit_sellers(m, sales)
+        # per seller, the sales (to_money · ask) summed edge by edge
+        self.tick_in[m.seller_accounts] += m.sales_by_seller.of(to_money, ask)
         self.tick_out[m.buyer_accounts] += m.per_buyer(to_money * landed)  # one row per account
         duty, tariff, levy = e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl]  # per edge
-        if duty.any():
-            self.tick_fiscal["duty_revenue"] += float((sales * duty).sum())
-        if tariff.any():
-            self.tick_fiscal["tariff_revenue"] += float((sales * (1 + duty) * tariff).sum())
+        if duty.any() or tariff.any():
+            sales = to_money * ask  # per edge, US$ M
+            if duty.any():
+                self.tick_fiscal["duty_revenue"] += float((sales * duty).sum())
+            if tariff.any():
+                self.tick_fiscal["tariff_revenue"] += float((sales * (1 + duty) * tariff).sum())
         if levy.any():
             self.tick_fiscal["levy_revenue"] += float((to_money * levy).sum())
         self.tick_fiscal["transport"] += float((to_money * e.transport_usd_per_kg[sl]).sum())
@@ -769,8 +774,8 @@ class RareEarthModel(mesa.Model):
         )
         # market-wide expected prices: volume-weighted transaction prices, smoothed
         e = w.edges
-        flow, sales = e.flow_t, e.flow_t * self.edge_ask  # per edge
-        volume, value = self._per_product(flow), self._per_product(sales)
+        trade = metrics.world_trade(self)  # flows and asks are final for the tick
+        flow, sales, volume, value = e.flow_t, trade["sales"], trade["volume"], trade["value"]
         traded = volume > 0
         observed = np.where(traded, value / np.maximum(volume, 1e-300), self.expected_market_price)
         self.expected_market_price = market.smooth(

@@ -206,6 +206,16 @@ def test_routes_sum_lots_into_destinations_like_a_per_lot_loop():
         np.testing.assert_allclose(mass, [expected_mass[d] for d in routes.dest], **TOL)
 
 
+def test_group_sums_of_products_are_bincounts_of_the_products_bit_for_bit():
+    rng = np.random.default_rng(8)
+    group = rng.integers(0, 13, 5000)
+    a, b = 10.0 ** rng.uniform(-6, 4, 5000), 10.0 ** rng.uniform(-3, 3, 5000)
+    a[rng.random(5000) < 0.1] = 0.0
+    sums = provenance.GroupSums(group, 15).of(a, b)
+    np.testing.assert_array_equal(sums, np.bincount(group, a * b, minlength=15))
+    assert sums[13:].tolist() == [0.0, 0.0]  # groups without items
+
+
 @pytest.mark.parametrize("shape", [(), (5,), (3, 4)])
 def test_sum_by_matches_a_dictionary_of_sums(shape):
     rng = np.random.default_rng(2)
