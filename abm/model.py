@@ -497,13 +497,13 @@ class RareEarthModel(mesa.Model):
         sellers = e.seller[sl]  # per edge: stock rows
         controlled = self.policy.export_group[sl] >= 0  # per edge: quota or licence applies
         any_controlled = bool(controlled.any())
-        own_ask = s.ask_usd_per_kg[sellers]  # per edge
+        own_ask = s.ask_usd_per_kg[m.seller_rows][m.seller_local]  # per edge, via its seller
         if any_controlled:
             own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], own_ask)
         strategic_ask = own_ask  # per edge: China's strategic export asks, paid by its budget
         if self.policy.strategic_active:
             strategic_ask = self.policy.export_asks(sl, own_ask, self._cost_floor(sellers))
-        compliant = self.compliant_rows(sellers)
+        compliant = self.compliant_rows(m.seller_rows)[m.seller_local]  # per edge
         ask = self.policy.minimum_asks(sl, product, strategic_ask, compliant)
         e.levy_usd_per_kg[sl] = self.policy.border_levy(sl, product, ask, compliant)
         landed = market.landed_cost(
@@ -577,9 +577,8 @@ class RareEarthModel(mesa.Model):
     def compliant_rows(self, rows: np.ndarray) -> np.ndarray:
         """Per stock row: its lot counts as compliant under the rules in force."""
         de_minimis = self.config.policies.compliance.de_minimis_share
-        # per stock row (one column read), then per requested row: no copy of whole lots
-        every_row = provenance.is_compliant(self.world.stocks.attrs, self.world.layout, de_minimis)
-        return every_row[rows]
+        touched = self.world.stocks.attrs[rows, self.world.layout.touched_cn]  # one cell a row
+        return provenance.within_de_minimis(touched, de_minimis)
 
     def bloc_of_party(self, party: str) -> str:
         """The bloc a party (bloc or country code) belongs to."""

@@ -410,7 +410,12 @@ def is_compliant(attrs: np.ndarray, layout: Layout, de_minimis_share: float) -> 
     Stocks are homogeneous mixtures, so a de minimis share is what lets a non-Chinese plant that
     took a sliver of Chinese ore still sell compliant material, as rules of origin allow.
     """
-    return attrs[..., layout.touched_cn] <= de_minimis_share + 1e-12
+    return within_de_minimis(attrs[..., layout.touched_cn], de_minimis_share)
+
+
+def within_de_minimis(touched_cn_share: np.ndarray, de_minimis_share: float) -> np.ndarray:
+    """Per lot, from its share touched by China: counts as compliant (:func:`is_compliant`)."""
+    return touched_cn_share <= de_minimis_share + 1e-12
 
 
 def compliant_share(attrs: np.ndarray, layout: Layout) -> np.ndarray:
