@@ -66,8 +66,7 @@ class _MarketIndex:
     routes_delayed: bool = False  # ``routes_lead`` includes licensing delays
     legs: list[tuple[int, slice, np.ndarray]] | None = None  # per lead time: destinations, rows
     shipped: list[np.ndarray | None] | None = None  # ``routes`` outputs, reused in turn
-
-    sales_by_seller: provenance.GroupSums | None = None  # per edge → its local seller
+    sales_by_seller: provenance.GroupSums | None = None  # sums per local seller of edge products
 
     def per_buyer(self, per_edge: np.ndarray) -> np.ndarray:
         """Per local buyer: the sum of a per-edge quantity over its edges."""
@@ -694,11 +693,12 @@ class RareEarthModel(mesa.Model):
         self.tick_in[m.seller_accounts] += m.sales_by_seller.of(to_money, ask)
         self.tick_out[m.buyer_accounts] += m.per_buyer(to_money * landed)  # one row per account
         duty, tariff, levy = e.duty[sl], e.tariff[sl], e.levy_usd_per_kg[sl]  # per edge
-        if duty.any() or tariff.any():
+        has_duty, has_tariff = bool(duty.any()), bool(tariff.any())
+        if has_duty or has_tariff:
             sales = to_money * ask  # per edge, US$ M
-            if duty.any():
+            if has_duty:
                 self.tick_fiscal["duty_revenue"] += float((sales * duty).sum())
-            if tariff.any():
+            if has_tariff:
                 self.tick_fiscal["tariff_revenue"] += float((sales * (1 + duty) * tariff).sum())
         if levy.any():
             self.tick_fiscal["levy_revenue"] += float((to_money * levy).sum())
