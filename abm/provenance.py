@@ -105,6 +105,32 @@ class GroupSums:
         return out
 
 
+def _add_product_rows(
+    rows: slice,
+    matrix: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+    x: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Add ``rows`` of a CSR matrix times ``x`` into the same rows of ``out``, in place.
+
+    ``matrix`` is (indptr, indices, data, columns); ``x`` is columns × ``out``'s width, flat.
+    scipy's own kernel for the product reads ``indptr``'s positions as they are, so a band of
+    rows (one per thread) needs no matrix of its own; each row's sum runs over its entries in
+    order, whatever the band.
+    """
+    indptr, indices, data, columns = matrix
+    _sparsetools.csr_matvecs(
+        rows.stop - rows.start,
+        columns,
+        out.shape[1],
+        indptr[rows.start : rows.stop + 1],
+        indices,
+        data,
+        x,
+        out[rows].reshape(-1),
+    )
+
+
 class Routes:
     """Fixed links from source rows to destinations; sums what moves along them per destination.
 
@@ -132,7 +158,6 @@ class Routes:
             (np.zeros(len(dest)), source, np.append(self.starts, len(dest))),
             shape=(len(self.starts), n_rows),
         )  # per destination × source row: tonnes moving (filled in by each call)
-        self._blocks: dict[int, list[tuple[slice, slice, sparse.csr_array]]] = {}
 
     def inflows(
         self, qty: np.ndarray, attrs: np.ndarray, out: np.ndarray | None = None
@@ -160,49 +185,14 @@ class Routes:
         else:
             shape = (len(self.starts), width)
             raise ValueError(f"out = array of shape {out.shape}: needs a C-contiguous {shape}")
+        t = self._tonnes
+        t.data[:] = moving
+        matrix = (t.indptr, t.indices, t.data, t.shape[1])
         flat = np.ascontiguousarray(attrs).ravel()
-
-        def product(band: tuple[slice, slice, sparse.csr_array]) -> None:
-            rows, links, tonnes = band
-            tonnes.data[:] = moving[links]
-            # scipy's own kernel for ``tonnes @ attrs``, adding into the band's rows in place
-            _sparsetools.csr_matvecs(
-                rows.stop - rows.start,
-                tonnes.shape[1],
-                width,
-                tonnes.indptr,
-                tonnes.indices,
-                tonnes.data,
-                flat,
-                out[rows].reshape(-1),
-            )
-
-        threads.run(product, self._bands(threads.n_blocks(len(moving) * width)))
+        # bands of destinations with about equal links, one per thread
+        bands = threads.bounds(t.indptr, threads.n_blocks(len(moving) * width))
+        threads.run(lambda rows: _add_product_rows(rows, matrix, flat, out), bands)
         return inflow, out
-
-    def _bands(self, blocks: int) -> list[tuple[slice, slice, sparse.csr_array]]:
-        """The tonnes matrix cut into ``blocks`` bands of destinations with about equal links.
-
-        Per band: its destinations, its links, and its own matrix (built once per band count).
-        """
-        if blocks == 1:
-            return [(slice(0, len(self.starts)), slice(0, self._tonnes.nnz), self._tonnes)]
-        if blocks not in self._blocks:
-            indptr, indices = self._tonnes.indptr, self._tonnes.indices
-            bands = []
-            for rows in threads.bounds(indptr, blocks):
-                links = slice(int(indptr[rows.start]), int(indptr[rows.stop]))
-                tonnes = sparse.csr_array(
-                    (
-                        np.zeros(links.stop - links.start),
-                        indices[links],
-                        indptr[rows.start : rows.stop + 1] - links.start,
-                    ),
-                    shape=(rows.stop - rows.start, self._tonnes.shape[1]),
-                )
-                bands.append((rows, links, tonnes))
-            self._blocks[blocks] = bands
-        return self._blocks[blocks]
 
 
 def mix_into(
@@ -303,14 +293,10 @@ class Merge:
         masses = [np.ascontiguousarray(mass).reshape(-1) for _, _, mass in shipments]
 
         def add(rows: slice) -> None:
-            # scipy's kernel for ``members @ mass``, adding each shipment in turn: per row, the
-            # sum over the concatenated lots in their order
-            out = inflow_attr[rows].reshape(-1)
-            for flat, (indptr, indices, ones) in zip(masses, plan.links, strict=True):
-                band = indptr[rows.start : rows.stop + 1]  # the kernel reads absolute positions
-                _sparsetools.csr_matvecs(
-                    rows.stop - rows.start, len(ones), width, band, indices, ones, flat, out
-                )
+            # ``members @ mass``, adding each shipment in turn: per row, the sum over the
+            # concatenated lots in their order
+            for flat, members in zip(masses, plan.links, strict=True):
+                _add_product_rows(rows, members, flat, inflow_attr)
 
         threads.run(add, threads.even(len(plan.target), width))  # each row's sums are its own
         _mix_rows(qty, attrs, plan.target, inflow, inflow_attr)
@@ -347,13 +333,13 @@ class _MergePlan:
         group[self.order] = np.repeat(
             np.arange(len(self.starts)), np.diff(self.starts, append=len(rows))
         )
-        self.links = []  # per shipment: CSR structure (receiving row × its lots) with ones
+        self.links = []  # per shipment: CSR matrix (receiving row × its lots) of ones
         first = 0
         for part in parts:
             mine = group[first : first + len(part)]
             lots = np.argsort(mine, kind="stable")  # its lots by receiving row, in lot order
             indptr = np.searchsorted(mine[lots], np.arange(len(self.target) + 1)).astype(np.intc)
-            self.links.append((indptr, lots.astype(np.intc), np.ones(len(part))))
+            self.links.append((indptr, lots.astype(np.intc), np.ones(len(part)), len(part)))
             first += len(part)
 
 
