@@ -23,7 +23,17 @@ import numpy as np
 import pandas as pd
 
 from abm import provenance
-from abm.world import BLOCS, CLOSED, IDLE, MINE, OPERATING, OUTPUT, PLANNED, PROCESSOR
+from abm.world import (
+    BLOCS,
+    CLOSED,
+    CONSTRUCTION,
+    IDLE,
+    MINE,
+    OPERATING,
+    OUTPUT,
+    PLANNED,
+    PROCESSOR,
+)
 
 if TYPE_CHECKING:
     from abm.model import RareEarthModel
@@ -73,8 +83,7 @@ class _Groups:
     # the buyers in two orders, by bloc and by bloc × product (each in buyer order), and where
     # each (bloc, product or None for all products) runs in them: a shortage sums one run
     shortage_runs: list[tuple[np.ndarray, dict[tuple[int, int | None], slice]]]
-    consumption_cells: np.ndarray  # per (product × bloc) group with buyers: its cell
-    consumption_routes: provenance.Routes  # per buyer to its (product × bloc) group
+    consumption_routes: provenance.Routes  # per buyer to its (product × bloc) cell (``dest``)
     consumption_ones: np.ndarray  # per buyer: 1.0, what each buyer's row counts for
     # per producer
     stage_producers: list[np.ndarray]  # per stage: its producers
@@ -125,7 +134,6 @@ def _build_groups(model: RareEarthModel, key: tuple[Any, ...]) -> _Groups:
                 [(bloc, product) for bloc in range(n_blocs) for product in range(n_products)],
             ),
         ],
-        consumption_cells=np.unique(buyer_group),
         consumption_routes=provenance.Routes(buyer_group, buyers, len(buyers)),
         consumption_ones=np.ones(len(buyer_group)),
         stage_producers=[np.flatnonzero(p.stage == stage) for stage in range(len(STAGES))],
@@ -191,6 +199,15 @@ def _price_table(model: RareEarthModel) -> dict[str, np.ndarray]:
     return _table(model, "prices", _compute_prices)
 
 
+def per_product(model: RareEarthModel, per_edge: np.ndarray) -> np.ndarray:
+    """Per product: the sum of a per-edge quantity (or of each row of them) over its market."""
+    g = _groups(model)
+    out = np.zeros((*per_edge.shape[:-1], len(g.has_edges)))
+    if len(g.market_starts):  # markets tile the edge list in product order
+        out[..., g.has_edges] = np.add.reduceat(per_edge, g.market_starts, axis=-1)
+    return out
+
+
 def world_trade(model: RareEarthModel) -> dict[str, np.ndarray]:
     """This tick's trades at the ask, computed once per tick.
 
@@ -202,13 +219,9 @@ def world_trade(model: RareEarthModel) -> dict[str, np.ndarray]:
 
 
 def _compute_world_trade(model: RareEarthModel) -> dict[str, np.ndarray]:
-    g, e = _groups(model), model.world.edges
-    sales = e.flow_t * model.edge_ask  # per edge
-    volume, value = np.zeros((2, len(g.has_edges)))  # per product
-    if len(g.market_starts):  # markets tile the edge list in product order
-        volume[g.has_edges] = np.add.reduceat(e.flow_t, g.market_starts)
-        value[g.has_edges] = np.add.reduceat(sales, g.market_starts)
-    return {"sales": sales, "volume": volume, "value": value}
+    flow = model.world.edges.flow_t
+    sales = flow * model.edge_ask  # per edge
+    return {"sales": sales, "volume": per_product(model, flow), "value": per_product(model, sales)}
 
 
 def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
@@ -232,8 +245,7 @@ def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
             price = np.multiply(ask, np.add(1.0, e.duty, out=value), out=value)
         np.multiply(flow, mask, out=selected)
         np.multiply(selected, price, out=value)
-        if len(g.market_starts):  # markets tile the edge list in product order
-            sums[k][:, g.has_edges] = np.add.reduceat(work, g.market_starts, axis=1)
+        sums[k] = per_product(model, work)
     traded, value_usd = sums[:, 0], sums[:, 1]  # per kind × product
     volume = traded[0]  # per product: every trade
     # a trade counts when it is more than a billionth of the product's volume this tick, so
@@ -427,8 +439,7 @@ def _product_values(model: RareEarthModel) -> list[float]:
     out: list[float] = []
     for p in range(len(model.world.products)):
         kinds = [prices[kind][p] for kind in _PRICE_KINDS]
-        spread = prices["export_fob"][p] - prices["cn_domestic"][p]
-        out += [*kinds, spread, seller_stock(model, p)]
+        out += [*kinds, two_tier_spread(model, p), seller_stock(model, p)]
     return out
 
 
@@ -470,7 +481,7 @@ def _world_values(model: RareEarthModel) -> list[float]:
         float(model.tick_buyer_spend.sum()),
         float(model.entries_total),
         float(model.exits_total),
-        float((status == 1).sum()),
+        float((status == CONSTRUCTION).sum()),
         float((status == PLANNED).sum()),
         float((status == CLOSED).sum()),
         *_table(model, "balances", _compute_balances),
@@ -820,7 +831,7 @@ def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:
     # per group × attribute, t: each group's buyers summed in buyer order (on the row threads)
     _, by_group = g.consumption_routes.inflows(g.consumption_ones, model.consumed_attr_t)
     cube = np.zeros((len(w.products) * len(BLOCS), n, n + 1))  # per product × bloc cell
-    cube[g.consumption_cells] = provenance.origin_matrix(by_group, w.layout)  # mine × sep
+    cube[g.consumption_routes.dest] = provenance.origin_matrix(by_group, w.layout)  # mine × sep
     cell, mine, sep = np.nonzero(cube > 0)
     return {
         "product": cell // len(BLOCS),

@@ -781,7 +781,10 @@ class RareEarthModel(mesa.Model):
             self.expected_market_price, observed, cfg.expectation_smoothing
         )
         abroad = self._abroad  # per edge: 1 where the buyer is outside China
-        volume, value = self._per_product(flow * abroad), self._per_product(sales * abroad)
+        volume, value = (
+            metrics.per_product(self, flow * abroad),
+            metrics.per_product(self, sales * abroad),
+        )
         observed = np.where(
             volume > 0, value / np.maximum(volume, 1e-300), self.expected_price_abroad
         )
@@ -796,15 +799,6 @@ class RareEarthModel(mesa.Model):
             self.long_run_price_abroad, self.expected_price_abroad, memory
         )
         self._update_netback()
-
-    def _per_product(self, per_edge: np.ndarray) -> np.ndarray:
-        """Per product: the sum of a per-edge quantity over its market's edges."""
-        markets = self.world.edges.market_slices  # contiguous, in product order
-        out = np.zeros(len(markets))
-        filled = [p for p, edges in enumerate(markets) if edges.stop > edges.start]
-        if filled:
-            out[filled] = np.add.reduceat(per_edge, [markets[p].start for p in filled])
-        return out
 
     def _update_netback(self) -> None:
         """Concentrate price per US$ of contained oxide value, from this tick's trades."""
