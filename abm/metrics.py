@@ -760,6 +760,38 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     }
 
 
+VALUES_LOGGED = ("flow_t", "ask_usd_per_kg", "landed_usd_per_kg")  # per edge, in the edge log
+
+
+def _edge_rows(entry: dict[str, Any], seller: np.ndarray) -> dict[str, Any]:
+    """One tick's record of the edge log as rows of its moving edges.
+
+    A record keeps either its moving edges (``edge`` and their values) or, when most edges
+    moved, every edge with no index (``abm.model.DENSE_LOG``); the touched-by-China share is
+    kept per stock row and read here at each edge's seller.
+    """
+    if "edge" in entry:
+        edge = entry["edge"]
+        rows = {k: entry[k] for k in VALUES_LOGGED}
+    else:
+        edge = np.flatnonzero(entry["flow_t"] > 0)
+        rows = {k: entry[k][edge] for k in VALUES_LOGGED}
+    rows.update(
+        tick=entry["tick"], edge=edge, touched_cn_share=entry["touched_cn_by_row"][seller[edge]]
+    )
+    return rows
+
+
+def _concatenated(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The records' columns end to end, and each row's tick."""
+    log = {k: np.concatenate([r[k] for r in records]) for k in records[0] if k != "tick"}
+    log["tick"] = np.repeat(  # a record holds one tick: each of its rows gets it
+        np.array([r["tick"] for r in records], dtype=np.int64),
+        [len(r["flow_t"]) for r in records],
+    )
+    return log
+
+
 def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     """Flows of every collected tick: tick, seller, buyer, product, countries, prices.
 
@@ -780,22 +812,18 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     ]
     if not model.flow_log:
         return pd.DataFrame(columns=columns)
-    columns_logged = [k for k in model.flow_log[0] if k != "tick"]
-    log = {k: np.concatenate([entry[k] for entry in model.flow_log]) for k in columns_logged}
-    log["tick"] = np.repeat(  # a record holds one tick: each of its rows gets it
-        np.array([entry["tick"] for entry in model.flow_log], dtype=np.int64),
-        [len(entry["flow_t"]) for entry in model.flow_log],
-    )
     w = model.world
     e = w.edges
     countries = np.array(w.layout.countries)
-    if "key" in log:  # product and country pair
+    if "key" in model.flow_log[0]:  # product and country pair
+        log = _concatenated(model.flow_log)
         product, pair = np.divmod(log["key"], w.layout.n_countries**2)
         seller_country, buyer_country = (
             countries[c] for c in np.divmod(pair, w.layout.n_countries)
         )
         seller, buyer = seller_country, buyer_country
     else:
+        log = _concatenated([_edge_rows(entry, e.seller) for entry in model.flow_log])
         edge = log["edge"]
         product = e.product[edge]
         seller_country = countries[e.seller_country[edge]]

@@ -45,6 +45,33 @@ def test_country_log_is_the_edge_log_summed_per_product_and_country_pair():
     )
 
 
+@pytest.mark.parametrize("dense", [0.0, 2.0], ids=["every-edge", "moving-edges"])
+def test_both_record_forms_of_the_edge_log_give_the_same_frame(monkeypatch, dense):
+    """A tick's record keeps every edge when most moved (``DENSE_LOG``), its moving edges by
+    index otherwise; the frame is the same either way, row for row and bit for bit."""
+    from abm import model as model_module
+    from benchmarks.synthetic import synthetic_scenario
+
+    def frames(scenario):
+        model = RareEarthModel(scenario, rng=5)
+        for _ in range(4):
+            model.step()
+        return model, model.flows_frame()
+
+    world = synthetic_scenario(300)  # nearly every edge moves: records keep every edge
+    for scenario in (load_scenario(CONFIGS / "baseline.yaml"), world):
+        model, usual = frames(scenario)
+        monkeypatch.setattr(model_module, "DENSE_LOG", dense)
+        forced, frame = frames(scenario)
+        monkeypatch.undo()
+        assert all(("edge" in r) == (dense > 1) for r in forced.flow_log)
+        pd.testing.assert_frame_equal(frame, usual)
+        assert (frame["flow_t"] > 0).all()
+        last = frame[frame["tick"] == frame["tick"].max()]
+        assert len(last) == np.count_nonzero(model.world.edges.flow_t)
+    assert all("edge" not in r for r in model.flow_log)  # the synthetic world's usual form
+
+
 def test_the_log_level_changes_no_metric_and_none_keeps_no_flows():
     models = _runs()
     metrics = {k: m.datacollector.get_model_vars_dataframe() for k, m in models.items()}

@@ -83,9 +83,13 @@ def test_the_edge_flow_log_is_kept_in_the_arena():
     e = model.world.edges
     entry = model.flow_log[-1]
     moving = np.flatnonzero(e.flow_t > 0)
+    assert len(moving) < 0.5 * len(e.flow_t)  # the baseline keeps its moving edges by index
     np.testing.assert_array_equal(entry["edge"], moving)
     np.testing.assert_array_equal(entry["flow_t"], e.flow_t[moving])
     np.testing.assert_array_equal(entry["landed_usd_per_kg"], model.edge_landed[moving])
-    for name in ("edge", "flow_t", "ask_usd_per_kg", "landed_usd_per_kg", "touched_cn_share"):
+    np.testing.assert_array_equal(
+        entry["touched_cn_by_row"], model.world.stocks.attrs[:, model.world.layout.touched_cn]
+    )
+    for name in ("edge", "flow_t", "ask_usd_per_kg", "landed_usd_per_kg", "touched_cn_by_row"):
         assert isinstance(entry[name].base, np.ndarray)  # a view into an arena chunk
         assert not np.shares_memory(entry[name], model.flow_log[-2][name])

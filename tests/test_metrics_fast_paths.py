@@ -264,8 +264,10 @@ def test_logged_flows_carry_the_sellers_touched_share():
     model.step()
     entry, e = model.flow_log[-1], model.world.edges
     attrs, touched = model.world.stocks.attrs, model.world.layout.touched_cn
+    np.testing.assert_array_equal(entry["touched_cn_by_row"], attrs[:, touched])
+    frame = model.flows_frame()
     np.testing.assert_array_equal(
-        entry["touched_cn_share"], attrs[e.seller[entry["edge"]], touched]
+        frame["touched_cn_share"], attrs[e.seller[entry["edge"]], touched]
     )
 
 
