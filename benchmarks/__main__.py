@@ -241,11 +241,17 @@ def _sweep_table(sweep: dict[str, Any]) -> str:
     if "runs" not in sweep:
         return f"\n4. Sweep throughput: not measured ({sweep.get('error', 'skipped')})"
     rows = [
-        [e["engine"], str(e["workers"]), f"{e['wall_s']:.1f}", f"{e['runs_per_min']:.1f}"]
+        [
+            e["engine"],
+            str(e["workers"]),
+            f"{e['wall_s']:.1f}",
+            f"{e['runs_per_min']:.1f}",
+            "-" if e.get("outside_runs_s") is None else f"{e['outside_runs_s']:.1f}",
+        ]
         for e in sweep["engines"]
     ]
     title = f"4. Sweep throughput: baseline grid of {sweep['runs']} runs x {sweep['ticks']} ticks"
-    return _table(title, ["engine", "workers", "wall s", "runs/min"], rows)
+    return _table(title, ["engine", "workers", "wall s", "runs/min", "outside runs s"], rows)
 
 
 def _targets_table(found: list[dict[str, Any]]) -> str:
