@@ -190,7 +190,7 @@ def _baseline_table(base: dict[str, Any]) -> str:
 
 def _scaling_table(scaling: list[dict[str, Any]], exponent: dict[str, float] | None) -> str:
     header = ["buyers", "flow log", "threads", "edges", "set-up s", "of it warm-up s", "tick s"]
-    header += ["tick CPU s", "ticks/s", "ns/edge/tick", "peak MiB"]
+    header += ["tick CPU s", "ticks/s", "ns/edge/tick", "faults/tick", "peak MiB"]
     rows = [
         [
             f"{r['n_buyers']:,}",
@@ -203,6 +203,7 @@ def _scaling_table(scaling: list[dict[str, Any]], exponent: dict[str, float] | N
             f"{r['tick_cpu_s']:.4f}",
             f"{r['ticks_per_s']:.1f}",
             f"{r['ns_per_edge_tick']:.0f}",
+            f"{r['page_faults_per_tick']:,.0f}" if "page_faults_per_tick" in r else "-",
             f"{r['peak_rss_mib']:.0f}",
         ]
         for r in scaling
