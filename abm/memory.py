@@ -32,6 +32,14 @@ MMAP_THRESHOLD = 32 << 20  # largest allocation served from the heap (glibc's ma
 _done = False
 
 
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's trim and mmap thresholds once per process; True if they are set."""
     global _done

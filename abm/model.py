@@ -7,6 +7,7 @@ itself is the pure code of ``abm.market``; this module wires agents' state into 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -27,7 +28,7 @@ from abm.agents import (
     planned_offer_t,
 )
 from abm.levers import resolve as resolve_scenario
-from abm.memory import Arena, keep_freed_memory
+from abm.memory import Arena, keep_freed_memory, physical_memory_bytes
 from abm.policy import PolicyState
 from abm.scenario import Scenario
 from abm.world import BLOCS, BUYER, OPERATING, OUTPUT, RESERVE, World, build_world
@@ -50,6 +51,8 @@ PAID = ("floor_subsidy", "strategic_pricing", "offtake_purchases")
 # moved: three values per edge then take less memory, and far less time, than an index and
 # three values per moving edge (24 against 28 bytes)
 DENSE_LOG = 6 / 7
+# a run whose edge log could take more than this share of the machine's memory gets a warning
+LOG_MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -148,6 +151,7 @@ class RareEarthModel(mesa.Model):
         self._graph: nx.MultiDiGraph | None = None  # built on first use of ``network``
         self.flow_log: list[dict[str, Any]] = []  # per tick: its tick and per-flow columns
         self._flow_arena = Arena()  # where the edge log's columns are kept (abm.memory)
+        self._warn_of_a_large_edge_log()
         self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
         self._begin_tick()
@@ -905,6 +909,25 @@ class RareEarthModel(mesa.Model):
 
     def _is_last_oxide(self, product: int) -> bool:
         return self.config.magnet is not None and product == len(self.world.products) - 2
+
+    def _warn_of_a_large_edge_log(self) -> None:
+        """Warn when a run's edge log could outgrow a share of this machine's memory.
+
+        A tick's record takes at most 24 bytes per edge and 8 per stock row (see
+        :data:`DENSE_LOG`); a firm-level world, where nearly every edge moves, takes about that.
+        """
+        if self.config.flow_log != "edges":
+            return
+        w, ticks = self.world, self.config.ticks
+        need = ticks * (24 * len(w.edges.seller) + 8 * len(w.stocks.qty_t))
+        have = physical_memory_bytes()
+        if have and need > LOG_MEMORY_SHARE * have:
+            warnings.warn(
+                f"flow_log: edges keeps up to {need / 2**30:.1f} GiB over {ticks} ticks of "
+                f"{len(w.edges.seller):,} edges, more than a quarter of this machine's "
+                f"{have / 2**30:.0f} GiB; flow_log: countries keeps flows per country pair",
+                stacklevel=3,
+            )
 
     def _log_flows(self) -> None:
         """Keep this tick's flows at the resolution of ``config.flow_log``, and consumption."""

@@ -72,6 +72,25 @@ def test_both_record_forms_of_the_edge_log_give_the_same_frame(monkeypatch, dens
     assert all("edge" not in r for r in model.flow_log)  # the synthetic world's usual form
 
 
+def test_a_run_whose_edge_log_could_outgrow_memory_is_warned(monkeypatch):
+    import warnings
+
+    from abm import model as model_module
+
+    # the baseline's log: at most 24 B per edge and 8 per stock row a tick, about 12 MB over
+    # 240 ticks; on a machine of 40 MiB that is more than a quarter
+    monkeypatch.setattr(model_module, "physical_memory_bytes", lambda: 40 << 20)
+    base = load_scenario(CONFIGS / "baseline.yaml")
+    with pytest.warns(UserWarning, match=r"flow_log: edges keeps up to .* 240 ticks .*countries"):
+        RareEarthModel(base, rng=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RareEarthModel(base.model_copy(update={"flow_log": "countries"}), rng=0)
+        RareEarthModel(base.model_copy(update={"ticks": 12}), rng=0)  # about 0.6 MB
+        monkeypatch.setattr(model_module, "physical_memory_bytes", lambda: None)  # unknown
+        RareEarthModel(base, rng=0)
+
+
 def test_the_log_level_changes_no_metric_and_none_keeps_no_flows():
     models = _runs()
     metrics = {k: m.datacollector.get_model_vars_dataframe() for k, m in models.items()}
