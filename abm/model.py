@@ -913,19 +913,21 @@ class RareEarthModel(mesa.Model):
     def _warn_of_a_large_edge_log(self) -> None:
         """Warn when a run's edge log could outgrow a share of this machine's memory.
 
-        A tick's record takes at most 24 bytes per edge and 8 per stock row (see
-        :data:`DENSE_LOG`); a firm-level world, where nearly every edge moves, takes about that.
+        A tick's record takes at most a float per edge for each value logged, and one per stock
+        row (see :data:`DENSE_LOG`); a firm-level world, where nearly every edge moves, takes
+        about that.
         """
         if self.config.flow_log != "edges":
             return
         w, ticks = self.world, self.config.ticks
-        need = ticks * (24 * len(w.edges.seller) + 8 * len(w.stocks.qty_t))
-        have = physical_memory_bytes()
+        floats = len(metrics.VALUES_LOGGED) * len(w.edges.seller) + len(w.stocks.qty_t)
+        need, have = ticks * floats * np.dtype(float).itemsize, physical_memory_bytes()
         if have and need > LOG_MEMORY_SHARE * have:
             warnings.warn(
                 f"flow_log: edges keeps up to {need / 2**30:.1f} GiB over {ticks} ticks of "
-                f"{len(w.edges.seller):,} edges, more than a quarter of this machine's "
-                f"{have / 2**30:.0f} GiB; flow_log: countries keeps flows per country pair",
+                f"{len(w.edges.seller):,} edges, more than {LOG_MEMORY_SHARE:.0%} of this "
+                f"machine's {have / 2**30:.0f} GiB; flow_log: countries keeps flows per country "
+                "pair",
                 stacklevel=3,
             )
 
@@ -938,9 +940,11 @@ class RareEarthModel(mesa.Model):
             return
         e, keep = self.world.edges, self._flow_arena
 
-        def kept(values: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
-            if at is None:  # a copy, written straight into the arena
-                out = keep.take(len(values), values.dtype)
+        def kept(
+            values: np.ndarray, at: np.ndarray | None = None, dtype: type | None = None
+        ) -> np.ndarray:
+            if at is None:  # a copy (as ``dtype``), written straight into the arena
+                out = keep.take(len(values), dtype or values.dtype)
                 out[...] = values
                 return out
             # np.take writes straight into the arena; "clip" (the indices are in range)
@@ -956,10 +960,10 @@ class RareEarthModel(mesa.Model):
         at = None  # most edges moved: every edge is kept, with no index (see DENSE_LOG)
         if n < DENSE_LOG * len(moving):
             at = np.flatnonzero(moving)
-            entry["edge"] = kept(at.astype(np.int32))  # a log that grows every tick: lean
-        entry["flow_t"] = kept(e.flow_t, at)
-        entry["ask_usd_per_kg"] = kept(self.edge_ask, at)
-        entry["landed_usd_per_kg"] = kept(self.edge_landed, at)
+            entry["edge"] = kept(at, dtype=np.int32)  # a log that grows every tick: lean
+        values = (e.flow_t, self.edge_ask, self.edge_landed)  # per edge
+        for name, per_edge in zip(metrics.VALUES_LOGGED, values, strict=True):
+            entry[name] = kept(per_edge, at)
         self.flow_log.append(entry)
 
     # ------------------------------------------------------------------ balances
