@@ -233,8 +233,8 @@ def _attribute_name(model: RareEarthModel, column: int) -> str:
     """What a lot attribute column means, in words."""
     layout = model.world.layout
     if column < layout.n_origin:
-        mined, processed = divmod(column, layout.n_countries + 1)
-        where = layout.countries[processed] if processed < layout.n_countries else "unprocessed"
+        mined, processed = layout.origin_pair(column)
+        where = "unprocessed" if processed is None else layout.countries[processed]
         return f"provenance share (mined {layout.countries[mined]}, processed {where})"
     if column == layout.processed_cn:
         return "processed-in-China share"

@@ -359,13 +359,14 @@ def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int
 
     """
     out = attrs.copy()
-    n = layout.n_countries
-    lots = np.arange(len(out))
-    origin = out[:, : layout.n_origin].reshape(len(out), n, n + 1)  # lot × mine × processing
-    unprocessed = origin[:, :, n].copy()  # lot × mine
-    origin[:, :, n] = 0.0
-    origin[lots, :, country] += unprocessed
-    out[:, : layout.n_origin] = origin.reshape(len(out), layout.n_origin)
+    unprocessed = layout.unprocessed_cells
+    mass = out[:, unprocessed]  # per lot × unprocessed cell
+    out[:, unprocessed] = 0.0
+    # each lot's unprocessed mass moves to the cells of its processor's country; a magnet plant
+    # in a country that separates nothing gets separated material only (nothing to move)
+    target = layout.separated_cells[country]  # per lot × unprocessed cell: the cell, or -1
+    lot, cell = np.nonzero(target >= 0)
+    out[lot, target[lot, cell]] += mass[lot, cell]
     in_china = country == china
     out[in_china, layout.processed_cn] = 1.0
     out[in_china, layout.touched_cn] = 1.0
@@ -373,21 +374,26 @@ def processed(attrs: np.ndarray, layout: Layout, country: np.ndarray, china: int
 
 
 def origin_matrix(attrs: np.ndarray, layout: Layout) -> np.ndarray:
-    """Provenance shares as (… × mining country × processing country-or-unprocessed)."""
+    """Provenance shares as (… × mining country × processing country-or-unprocessed).
+
+    Every country has its row and column, zero where the layout keeps no cell.
+    """
     n = layout.n_countries
-    return attrs[..., : layout.n_origin].reshape(*attrs.shape[:-1], n, n + 1)
+    out = np.zeros((*attrs.shape[:-1], n, n + 1))
+    out[..., layout.cell_mined, layout.cell_separated] = attrs[..., : layout.n_origin]
+    return out
 
 
 def mined_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     """Share of each lot mined in ``country``."""
-    row = layout.origin_cell(country, 0)  # the country's row of the origin matrix: a slice
-    return attrs[..., row : row + layout.n_countries + 1].sum(axis=-1)
+    # the cells run by mining country: the country's cells are a slice
+    first, stop = np.searchsorted(layout.cell_mined, [country, country + 1])
+    return attrs[..., first:stop].sum(axis=-1)
 
 
 def separated_in(attrs: np.ndarray, layout: Layout, country: int) -> np.ndarray:
     """Share of each lot separated into oxides in ``country``."""
-    # the country's column of the origin matrix: every (n + 1)-th cell, read in place
-    return attrs[..., country : layout.n_origin : layout.n_countries + 1].sum(axis=-1)
+    return attrs[..., np.flatnonzero(layout.cell_separated == country)].sum(axis=-1)
 
 
 def is_compliant(attrs: np.ndarray, layout: Layout, de_minimis_share: float) -> np.ndarray:

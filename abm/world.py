@@ -7,7 +7,8 @@ outputs, a magnet plant's oxide inputs and magnet output, a buyer's inventory. A
 product, owner, quantity (t) and its *lot attributes* (``attrs``), all mass-weighted:
 
 - ``attrs[:, :K]``: provenance shares over (mining country × processing country), where the
-  processing country of material not yet separated is the extra column "unprocessed";
+  processing country of material not yet separated is the extra column "unprocessed"; only
+  the K cells material can reach are kept (:class:`Layout`);
 - ``attrs[:, K]``: share processed in China at any stage;
 - ``attrs[:, K + 1]``: share whose route touched China (mined or processed there);
 - ``attrs[:, K + 2:]``: element composition of the REO content.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +36,17 @@ NEVER = np.iinfo(np.int64).max  # tick of capacity that is not scheduled to come
 
 @dataclass(frozen=True)
 class Layout:
-    """Column layout of the lot attributes (fixed once made: its sizes are worked out once)."""
+    """Column layout of the lot attributes (fixed once made: its sizes are worked out once).
+
+    The provenance block keeps only the cells material can reach (``cells``): a world where a
+    few countries mine and separate keeps a narrow table, which every mixing, shipping and
+    processing step runs over. Cells keep the order of the full grid (by mining country, then
+    separation country, unprocessed last).
+    """
 
     countries: list[str]
     elements: list[str]
+    cells: list[tuple[int, int | None]] | None = None  # (mined, separated); None: every pair
 
     @cached_property
     def n_countries(self) -> int:
@@ -45,9 +54,43 @@ class Layout:
         return len(self.countries)
 
     @cached_property
+    def _grid(self) -> np.ndarray:
+        """Per (mining country × separation country or unprocessed): its cell, or -1."""
+        n = self.n_countries
+        grid = np.full(n * (n + 1), -1)
+        if self.cells is None:
+            kept = np.arange(len(grid))
+        else:
+            kept = np.unique([m * (n + 1) + (n if s is None else s) for m, s in self.cells])
+        grid[kept] = np.arange(len(kept))
+        return grid
+
+    @cached_property
+    def cell_mined(self) -> np.ndarray:
+        """Per provenance cell: the mining country."""
+        return np.flatnonzero(self._grid >= 0) // (self.n_countries + 1)
+
+    @cached_property
+    def cell_separated(self) -> np.ndarray:
+        """Per provenance cell: the separation country (``n_countries``: not yet separated)."""
+        return np.flatnonzero(self._grid >= 0) % (self.n_countries + 1)
+
+    @cached_property
+    def unprocessed_cells(self) -> np.ndarray:
+        """The cells of material not yet separated."""
+        return np.flatnonzero(self.cell_separated == self.n_countries)
+
+    @cached_property
+    def separated_cells(self) -> np.ndarray:
+        """Per separating country × unprocessed cell: the cell its material moves to, or -1."""
+        n = self.n_countries
+        mined = self.cell_mined[self.unprocessed_cells]
+        return self._grid[mined[None, :] * (n + 1) + np.arange(n)[:, None]]
+
+    @cached_property
     def n_origin(self) -> int:
-        """Number of provenance cells: mining country × (processing country | unprocessed)."""
-        return self.n_countries * (self.n_countries + 1)
+        """Number of provenance cells."""
+        return len(self.cell_mined)
 
     @cached_property
     def processed_cn(self) -> int:
@@ -71,8 +114,22 @@ class Layout:
 
     def origin_cell(self, mine_country: int, processing_country: int | None) -> int:
         """Flat provenance index; ``None`` means not yet processed."""
-        column = self.n_countries if processing_country is None else processing_country
-        return mine_country * (self.n_countries + 1) + column
+        n = self.n_countries
+        cell = self._grid[
+            mine_country * (n + 1) + (n if processing_country is None else processing_country)
+        ]
+        if cell < 0:
+            where = "unprocessed" if processing_country is None else "separated"
+            if processing_country is not None:
+                where += f" in {self.countries[processing_country]}"
+            mined = self.countries[mine_country]
+            raise ValueError(f"no provenance cell for material mined in {mined}, {where}")
+        return int(cell)
+
+    def origin_pair(self, cell: int) -> tuple[int, int | None]:
+        """The (mining country, separation country or None) of a provenance cell."""
+        separated = int(self.cell_separated[cell])
+        return int(self.cell_mined[cell]), None if separated == self.n_countries else separated
 
 
 @dataclass
@@ -243,7 +300,6 @@ def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
     e_index = {e: i for i, e in enumerate(s.elements)}
     products = s.products
     p_index = {p: i for i, p in enumerate(products)}
-    layout = Layout(countries, list(s.elements))
     n_e = len(s.elements)
     bloc_code = {b: i for i, b in enumerate(BLOCS)}
     country_bloc = np.array([bloc_code[s.bloc_of(c)] for c in countries])
@@ -387,6 +443,11 @@ def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
         substitution_recovery=np.array([b.substitution.recovery_share for b in B]),
     )
 
+    layout = Layout(
+        countries,
+        list(s.elements),
+        _reachable_cells(rows, entries, c_index, p_index["concentrate"]),
+    )
     stocks = _build_stocks(s, rows, layout, producers, buyers, products, recipe)
     captive = captive_pairs(s, producers.names)
     edges = _build_edges(s, stocks, producers, layout, products, captive, rng)
@@ -411,6 +472,25 @@ def build_world(s: Scenario, rng: np.random.Generator | None = None) -> World:
         reserve_rows=reserve_rows,
         captive=captive,
     )
+
+
+def _reachable_cells(
+    rows: list[tuple[int, int, int, int, int]],
+    entries: list[tuple[Any, str]],
+    c_index: dict[str, int],
+    ore: int,
+) -> list[tuple[int, int | None]]:
+    """The provenance cells material can reach: (mining country, separation country or None).
+
+    A stock row starts as its own country's lot (concentrate unprocessed, anything else
+    separated there; the stock seeded before warm-up carries it), and separation moves
+    unprocessed material to the plant's country: those cells, and nothing else, can ever
+    hold a share. The baseline world of 17 countries keeps 182 of the 306 cells.
+    """
+    seeds = {(c, None if product == ore else c) for product, _, _, _, c in rows}
+    separating = {c_index[e.country] for e, stage in entries if stage == "separation"}
+    mined = {m for m, separated in seeds if separated is None}
+    return [*seeds, *((m, c) for m in mined for c in separating)]
 
 
 def _reserve_rows(s: Scenario, add_row, c_index: dict[str, int]) -> tuple[int, int] | None:

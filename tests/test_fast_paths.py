@@ -13,13 +13,14 @@ below 1e-12, so 1e-9 fails on any real difference in the rule and never on round
 from collections import defaultdict
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abm import RareEarthModel, market, metrics, provenance, threads
 from abm.scenario import load_scenario
-from abm.world import BLOCS, IDLE, OPERATING, RESERVE, _draw_distinct
+from abm.world import BLOCS, IDLE, OPERATING, RESERVE, Layout, _draw_distinct
 from benchmarks.synthetic import synthetic_scenario
 from tests.oracle import clear_reference
 from tests.worlds import CONFIGS
@@ -394,17 +395,26 @@ def test_price_table_matches_the_edge_by_edge_definition(scenario):
                 )
 
 
+def _by_country(attrs: np.ndarray, layout: Layout) -> np.ndarray:
+    """A lot's provenance as (mining country × separation country or unprocessed), cell by cell."""
+    n = layout.n_countries
+    out = np.zeros((n, n + 1))
+    for cell in np.flatnonzero(attrs[: layout.n_origin]):
+        mined, separated = layout.origin_pair(int(cell))
+        out[mined, n if separated is None else separated] += attrs[cell]
+    return out
+
+
 def test_dependency_and_consumption_origin_match_buyer_by_buyer_sums():
     model = RareEarthModel(CONFIGS / "baseline.yaml", rng=2)
     for _ in range(4):
         model.step()
     w, b = model.world, model.world.buyers
     weight = w.reference_price[b.product]
-    n = w.layout.n_countries
     for bloc in range(len(BLOCS)):
         mine = np.flatnonzero(w.country_bloc[b.country] == bloc)
         consumed = sum(weight[i] * b.consumed_t[i] for i in mine)
-        origin = [model.consumed_attr_t[i, : w.layout.n_origin].reshape(n, n + 1) for i in mine]
+        origin = [_by_country(model.consumed_attr_t[i], w.layout) for i in mine]
         separated = sum(weight[i] * o[:, w.china].sum() for i, o in zip(mine, origin, strict=True))
         if consumed > 0:
             np.testing.assert_allclose(
@@ -413,7 +423,7 @@ def test_dependency_and_consumption_origin_match_buyer_by_buyer_sums():
     record = metrics.consumption_record(model)
     cube = defaultdict(float)
     for i in range(len(b.names)):
-        origin = model.consumed_attr_t[i, : w.layout.n_origin].reshape(n, n + 1)
+        origin = _by_country(model.consumed_attr_t[i], w.layout)
         for mine_c, sep_c in zip(*np.nonzero(origin > 0), strict=True):
             key = (int(b.product[i]), int(w.country_bloc[b.country[i]]), int(mine_c), int(sep_c))
             cube[key] += origin[mine_c, sep_c]
@@ -478,3 +488,31 @@ def test_shipments_in_transit_hold_the_tonnes_booked_for_their_arrival():
                 origin = mass[:, : w.layout.n_origin].sum(axis=1)
                 np.testing.assert_allclose(origin, qty, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(booked, w.transit_t[slot], rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("config", ["baseline", "strategic_reserve", "export_controls_2025"])
+def test_the_narrow_provenance_table_gives_the_results_of_the_full_grid(config, monkeypatch):
+    """The layout keeps only the provenance cells material can reach (abm.world): a world
+    built with every (mining × separation) cell runs the same, flow for flow."""
+    import abm.world
+
+    def run(model: RareEarthModel) -> tuple:
+        for _ in range(36):
+            model.step()
+        frame = model.datacollector.get_model_vars_dataframe().reset_index(drop=True)
+        origin = provenance.origin_matrix(model.world.stocks.attrs, model.world.layout)
+        return model, frame, model.flows_frame(), origin
+
+    narrow, narrow_frame, narrow_flows, narrow_origin = run(
+        RareEarthModel(CONFIGS / f"{config}.yaml", rng=3)
+    )
+    monkeypatch.setattr(abm.world, "_reachable_cells", lambda *args: None)
+    full, full_frame, full_flows, full_origin = run(
+        RareEarthModel(CONFIGS / f"{config}.yaml", rng=3)
+    )
+    assert narrow.world.layout.width < full.world.layout.width
+    pd.testing.assert_frame_equal(narrow_flows, full_flows, check_exact=True)
+    np.testing.assert_array_equal(narrow.world.stocks.qty_t, full.world.stocks.qty_t)
+    np.testing.assert_array_equal(narrow_origin, full_origin)
+    # shares summed over fewer zero cells may round differently in the last bit
+    pd.testing.assert_frame_equal(narrow_frame, full_frame, check_exact=False, rtol=0, atol=1e-15)

@@ -1,6 +1,7 @@
 """Provenance mixing and relabelling (abm.provenance)."""
 
 import numpy as np
+import pytest
 
 from abm import provenance
 from abm.world import Layout
@@ -51,3 +52,46 @@ def test_processing_keeps_an_earlier_processing_country():
     out = provenance.processed(oxide, LAYOUT, np.array([0]), china=0)  # magnets made in CN
     assert provenance.origin_matrix(out, LAYOUT)[0, 2, 1] == 1.0
     assert out[0, LAYOUT.touched_cn] == 1.0
+
+
+# CN and AU mine, CN and US separate; JP only makes magnets
+NARROW = Layout(
+    countries=["CN", "US", "AU", "JP"],
+    elements=["NdPr", "other"],
+    cells=[(0, None), (2, None), (0, 0), (0, 1), (2, 0), (2, 1), (3, 3)],
+)
+
+
+def test_a_narrow_layout_keeps_its_cells_in_the_order_of_the_full_grid():
+    assert NARROW.n_origin == 7 and NARROW.width == 7 + 2 + 2
+    grid = [NARROW.origin_pair(cell) for cell in range(NARROW.n_origin)]
+    assert grid == [(0, 0), (0, 1), (0, None), (2, 0), (2, 1), (2, None), (3, 3)]
+    assert all(NARROW.origin_cell(m, s) == cell for cell, (m, s) in enumerate(grid))
+    with pytest.raises(ValueError, match="mined in US, unprocessed"):
+        NARROW.origin_cell(1, None)
+    with pytest.raises(ValueError, match="mined in CN, separated in JP"):
+        NARROW.origin_cell(0, 3)
+
+
+def test_a_narrow_layout_processes_and_reads_like_the_full_grid():
+    full = Layout(countries=NARROW.countries, elements=NARROW.elements)
+    shares = {(0, None): 0.5, (2, None): 0.25, (0, 1): 0.125, (3, 3): 0.125}
+    after = []
+    for layout in (NARROW, full):
+        attrs = np.zeros((2, layout.width))
+        for (m, s), share in shares.items():
+            attrs[:, layout.origin_cell(m, s)] = share
+        # lot 0 is separated in US; lot 1, with nothing unprocessed, goes to a magnet plant in JP
+        attrs[1, [layout.origin_cell(0, None), layout.origin_cell(2, None)]] = 0.0
+        after.append(provenance.processed(attrs, layout, np.array([1, 3]), china=0))
+    narrow, wide = (
+        provenance.origin_matrix(a, lay) for a, lay in zip(after, (NARROW, full), strict=True)
+    )
+    np.testing.assert_array_equal(narrow, wide)
+    assert narrow[0, 0, 1] == 0.5 + 0.125 and narrow[0, 2, 1] == 0.25  # ore separated in US
+    assert narrow[1, 0, 1] == 0.125 and narrow[1, 3, 3] == 0.125  # lot 1 as it was
+    for country in range(4):
+        for read in (provenance.mined_in, provenance.separated_in):
+            np.testing.assert_allclose(
+                read(after[0], NARROW, country), read(after[1], full, country), rtol=0, atol=1e-15
+            )
