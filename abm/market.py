@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from abm.provenance import run_starts
+from abm.provenance import run_lengths, run_starts
 
 TINY = 1e-12  # share of a market's size below which a quantity counts as nothing
 
@@ -273,7 +273,7 @@ class _InPlay:
         self.seller, self.cost, self.compliant, self.group = seller, cost, compliant, group
         self.starts = run_starts(buyer) if starts is None else starts  # per live buyer
         self.buyer = buyer[self.starts]  # per live buyer: local buyer index
-        self.lengths = np.diff(self.starts, append=len(buyer))  # per live buyer: its edges
+        self.lengths = run_lengths(self.starts, len(buyer))  # per live buyer: its edges
         self.flow: np.ndarray | None = None  # per live edge: tonnes filled so far
         self.ordered: np.ndarray | None = None  # per live edge: tonnes ordered so far
         self.unfilled: tuple[np.ndarray | slice, np.ndarray | None] | None = None  # last round

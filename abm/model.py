@@ -232,7 +232,7 @@ class RareEarthModel(mesa.Model):
         buyer_rows, buyer_local = np.unique(e.buyer[edges], return_inverse=True)
         # edges are stored sorted by buyer row, so each buyer's edges form one run
         buyer_starts = provenance.run_starts(buyer_local)
-        buyer_lengths = np.diff(buyer_starts, append=len(buyer_local))
+        buyer_lengths = provenance.run_lengths(buyer_starts, len(buyer_local))
         seller_accounts = self.row_account[seller_rows]
         buyer_accounts = self.row_account[buyer_rows]
         for side in (seller_accounts, buyer_accounts):  # each owner has one row per product

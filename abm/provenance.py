@@ -24,6 +24,17 @@ def run_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
+def run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Length of each run, from the runs' first positions in an array of ``n``.
+
+    ``np.diff(starts, append=n)`` without its wrappers (a clearing makes one per call).
+    """
+    lengths = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1:] = n - starts[-1:]
+    return lengths
+
+
 def _sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stable sort of ``keys``: the order, the sorted keys, where each run of equals starts."""
     order = np.argsort(keys, kind="stable")
@@ -331,7 +342,7 @@ class _MergePlan:
         self.target = ordered[self.starts]  # per receiving row: its stock row
         group = np.empty(len(rows), dtype=np.intp)  # per lot: its receiving row's position
         group[self.order] = np.repeat(
-            np.arange(len(self.starts)), np.diff(self.starts, append=len(rows))
+            np.arange(len(self.starts)), run_lengths(self.starts, len(rows))
         )
         self.links = []  # per shipment: CSR matrix (receiving row × its lots) of ones
         first = 0

@@ -187,6 +187,14 @@ def test_logit_within_runs_of_edges_matches_the_general_logit():
         np.testing.assert_allclose(mine, general, **TOL)
 
 
+@pytest.mark.parametrize("sizes", [[3, 1, 6], [1], [], [2, 2, 2, 1]])
+def test_run_lengths_are_the_gaps_between_run_starts(sizes):
+    keys = np.repeat(np.arange(len(sizes)), sizes)
+    starts = provenance.run_starts(keys)
+    lengths = provenance.run_lengths(starts, len(keys))
+    assert lengths.tolist() == sizes and lengths.dtype == starts.dtype
+
+
 # ------------------------------------------------------------------ provenance
 
 
