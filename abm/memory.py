@@ -72,7 +72,7 @@ class Arena:
 
     Measured at 100,000 buyers with the edge log: clearing and arrivals stopped faulting in
     memory (about 2,000 faults a tick), and a tick took 0.43 s instead of 0.52 s; the log's
-    own 56 MB a tick still costs its page faults.
+    own fresh memory each tick still costs its page faults.
     """
 
     FIRST_BYTES = 1 << 20  # the first chunk of a dtype; each next one doubles, up to ...

@@ -22,7 +22,7 @@ import mesa
 import numpy as np
 import pandas as pd
 
-from abm import provenance
+from abm import market, provenance
 from abm.world import (
     BLOCS,
     CLOSED,
@@ -760,26 +760,51 @@ def country_flows(model: RareEarthModel) -> dict[str, np.ndarray]:
     }
 
 
-VALUES_LOGGED = ("flow_t", "ask_usd_per_kg", "landed_usd_per_kg")  # per edge, in the edge log
+VALUES_LOGGED = ("flow_t",)  # per edge, in the edge log
+ROW_VALUES_LOGGED = ("touched_cn_by_row", "ask_by_row")  # per stock row, in the edge log
 
 
 def _edge_rows(entry: dict[str, Any], seller: np.ndarray) -> dict[str, Any]:
-    """One tick's record of the edge log as rows of its moving edges.
+    """One tick's record of the edge log as rows of its moving edges, with their prices.
 
-    A record keeps either its moving edges (``edge`` and their values) or, when most edges
-    moved, every edge with no index (``abm.model.DENSE_LOG``); the touched-by-China share is
-    kept per stock row and read here at each edge's seller.
+    A record keeps either its moving edges (``edge`` and their flows) or, when most edges
+    moved, every edge with no index (``abm.model.DENSE_LOG``). Prices are kept where they are
+    set: each seller's quoted ask per stock row, the edges a policy priced apart from it
+    (``ask_edge``, ``ask_value``), the levies (``levy_edge``, ``levy_value``) and the tick's
+    edge terms (``terms``: duty, tariff, transport, per edge). Each edge's ask and landed cost
+    are worked out here with the clearing's own formula, so they are the clearing's bit for
+    bit. The touched-by-China share is kept per stock row and read at each edge's seller.
     """
     if "edge" in entry:
-        edge = entry["edge"]
-        rows = {k: entry[k] for k in VALUES_LOGGED}
+        edge, flow = entry["edge"], entry["flow_t"]
     else:
         edge = np.flatnonzero(entry["flow_t"] > 0)
-        rows = {k: entry[k][edge] for k in VALUES_LOGGED}
-    rows.update(
-        tick=entry["tick"], edge=edge, touched_cn_share=entry["touched_cn_by_row"][seller[edge]]
-    )
-    return rows
+        flow = entry["flow_t"][edge]
+    ask = entry["ask_by_row"][seller[edge]]  # per moving edge
+    levy = np.zeros(len(edge))
+    for values, at, kept in ((ask, "ask_edge", "ask_value"), (levy, "levy_edge", "levy_value")):
+        if at in entry:
+            _set_where_moved(values, edge, entry[at], entry[kept])
+    duty, tariff, transport = (term[edge] for term in entry["terms"])
+    return {
+        "tick": entry["tick"],
+        "edge": edge,
+        "flow_t": flow,
+        "ask_usd_per_kg": ask,
+        "landed_usd_per_kg": market.landed_cost(ask, duty, tariff, levy, transport, 0.0),
+        "touched_cn_share": entry["touched_cn_by_row"][seller[edge]],
+    }
+
+
+def _set_where_moved(values: np.ndarray, edge: np.ndarray, at: np.ndarray, new: np.ndarray) -> None:
+    """Set ``values`` (per moving edge, at ``edge``) to ``new`` at the edges ``at`` that moved.
+
+    Both edge lists are increasing.
+    """
+    where = np.searchsorted(edge, at)  # per edge of ``at``: its place among the moving edges
+    moved = where < len(edge)
+    moved[moved] = edge[where[moved]] == at[moved]
+    values[where[moved]] = new[moved]
 
 
 def _concatenated(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,9 +48,9 @@ RECEIVED = (
 )
 PAID = ("floor_subsidy", "strategic_pricing", "offtake_purchases")
 # the edge log keeps every edge of a tick, moving or not, when at least this share of edges
-# moved: three values per edge then take less memory, and far less time, than an index and
-# three values per moving edge (24 against 28 bytes)
-DENSE_LOG = 6 / 7
+# moved: a flow per edge then takes less memory, and less time, than an index and a flow per
+# moving edge (8 against 12 bytes)
+DENSE_LOG = 2 / 3
 # a run whose edge log could take more than this share of the machine's memory gets a warning
 LOG_MEMORY_SHARE = 0.25
 
@@ -151,6 +151,10 @@ class RareEarthModel(mesa.Model):
         self._graph: nx.MultiDiGraph | None = None  # built on first use of ``network``
         self.flow_log: list[dict[str, Any]] = []  # per tick: its tick and per-flow columns
         self._flow_arena = Arena()  # where the edge log's columns are kept (abm.memory)
+        # per stock row: the ask it quoted when its market last cleared (kept for the edge log)
+        self.row_quoted_ask = np.zeros(len(self.world.stocks.qty_t))
+        # this tick's edges whose ask a policy set apart from their seller's quote: (edges, asks)
+        self._asks_changed: list[tuple[np.ndarray, np.ndarray]] = []
         self._warn_of_a_large_edge_log()
         self.consumption_log: list[dict[str, np.ndarray]] = []  # per tick: consumption origin
         self._seed_stocks(scenario.market.warmup_ticks)
@@ -454,6 +458,7 @@ class RareEarthModel(mesa.Model):
         e.flow_t = np.zeros_like(e.flow_t)
         self.edge_ask = np.zeros_like(e.flow_t)
         self.edge_landed = np.zeros_like(e.flow_t)
+        self._asks_changed = []
 
     def _apply_policies(self) -> None:
         """Dated events apply or expire; policy rules become edge terms (§6 steps 1–2)."""
@@ -504,7 +509,8 @@ class RareEarthModel(mesa.Model):
         sellers = e.seller[sl]  # per edge: stock rows
         controlled = self.policy.export_group[sl] >= 0  # per edge: quota or licence applies
         any_controlled = bool(controlled.any())
-        own_ask = s.ask_usd_per_kg[m.seller_rows][m.seller_local]  # per edge, via its seller
+        quoted = s.ask_usd_per_kg[m.seller_rows]  # per local seller: the ask it quotes
+        own_ask = quoted_ask = quoted[m.seller_local]  # per edge, via its seller
         if any_controlled:
             own_ask = np.where(controlled, s.export_ask_usd_per_kg[sellers], own_ask)
         strategic_ask = own_ask  # per edge: China's strategic export asks, paid by its budget
@@ -576,6 +582,11 @@ class RareEarthModel(mesa.Model):
         e.flow_t[sl] = flow
         self.edge_ask[sl] = ask
         self.edge_landed[sl] = landed
+        if self.config.flow_log == "edges":  # the log keeps quoted asks and their exceptions
+            self.row_quoted_ask[m.seller_rows] = quoted
+            if ask is not quoted_ask:  # some policy moved some edges' asks
+                changed = np.flatnonzero(ask != quoted_ask)
+                self._asks_changed.append((changed + sl.start, ask[changed]))
         self._ship(m, flow, self.policy.extra_lead(sl) if any_controlled else None)
         self._pay(m, flow, ask, landed)
         self._pay_policy(product, m, flow, own_ask, strategic_ask, ask, compliant)
@@ -913,14 +924,17 @@ class RareEarthModel(mesa.Model):
     def _warn_of_a_large_edge_log(self) -> None:
         """Warn when a run's edge log could outgrow a share of this machine's memory.
 
-        A tick's record takes at most a float per edge for each value logged, and one per stock
-        row (see :data:`DENSE_LOG`); a firm-level world, where nearly every edge moves, takes
-        about that.
+        A tick's record takes at most a float per edge for each value logged and per stock row
+        for each row value (see :data:`DENSE_LOG`), and 12 bytes for each edge a policy prices
+        apart from its seller's ask or levies (not counted here: scenarios that have many are
+        small); a firm-level world, where nearly every edge moves, takes about that.
         """
         if self.config.flow_log != "edges":
             return
         w, ticks = self.world, self.config.ticks
-        floats = len(metrics.VALUES_LOGGED) * len(w.edges.seller) + len(w.stocks.qty_t)
+        floats = len(metrics.VALUES_LOGGED) * len(w.edges.seller) + len(
+            metrics.ROW_VALUES_LOGGED
+        ) * len(w.stocks.qty_t)
         need, have = ticks * floats * np.dtype(float).itemsize, physical_memory_bytes()
         if have and need > LOG_MEMORY_SHARE * have:
             warnings.warn(
@@ -951,19 +965,35 @@ class RareEarthModel(mesa.Model):
             # because "raise" goes through a temporary copy of the output
             return np.take(values, at, out=keep.take(len(at), values.dtype), mode="clip")
 
-        # the touched-by-China share is the seller's: kept per stock row, and spread to the
-        # edges only when the frame is made
+        # Prices are kept where they are set, not per edge: the seller's quoted ask per stock
+        # row, with the edges a policy priced apart from it, and the levies; the frame works
+        # out each edge's ask and landed cost from them and the tick's edge terms, which are
+        # kept by reference (the policy state replaces them, never edits them in place).
+        # The touched-by-China share is the seller's, kept per stock row too.
         touched = self.world.stocks.attrs[:, self.world.layout.touched_cn]
-        entry = {"tick": self.tick, "touched_cn_by_row": kept(touched)}
+        entry = {
+            "tick": self.tick,
+            "touched_cn_by_row": kept(touched),
+            "ask_by_row": kept(self.row_quoted_ask),
+            "terms": (e.duty, e.tariff, e.transport_usd_per_kg),
+        }
+        if self._asks_changed:
+            changed, asks = (
+                np.concatenate(parts) for parts in zip(*self._asks_changed, strict=True)
+            )
+            entry["ask_edge"], entry["ask_value"] = kept(changed, dtype=np.int32), kept(asks)
+        levied = np.flatnonzero(e.levy_usd_per_kg)
+        if len(levied):
+            entry["levy_edge"] = kept(levied, dtype=np.int32)
+            entry["levy_value"] = kept(e.levy_usd_per_kg, levied)
         moving = e.flow_t > 0
         n = int(np.count_nonzero(moving))
         at = None  # most edges moved: every edge is kept, with no index (see DENSE_LOG)
         if n < DENSE_LOG * len(moving):
             at = np.flatnonzero(moving)
             entry["edge"] = kept(at, dtype=np.int32)  # a log that grows every tick: lean
-        values = (e.flow_t, self.edge_ask, self.edge_landed)  # per edge
-        for name, per_edge in zip(metrics.VALUES_LOGGED, values, strict=True):
-            entry[name] = kept(per_edge, at)
+        for name in metrics.VALUES_LOGGED:  # per edge
+            entry[name] = kept(getattr(e, name), at)
         self.flow_log.append(entry)
 
     # ------------------------------------------------------------------ balances

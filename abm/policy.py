@@ -171,7 +171,8 @@ class PolicyState:
         what they are computed from changed since the last refresh: the scenario's policies,
         the blocs and the events in force, compared by value (a scenario edited in place
         counts), and which producers are built. Quotas and licence terms are set every tick.
-        The kept arrays are handed out again each tick: replace them, never edit them in place.
+        The kept arrays are handed out again each tick: replace them, never edit them in place
+        (the edge flow log keeps the tick's duties, tariffs and transport costs by reference).
         """
         model = self.model
         w, cfg = model.world, model.config

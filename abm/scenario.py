@@ -426,7 +426,7 @@ class Scenario(_Strict):
         "edges",
         description=(
             "flows kept each tick: every edge that moved material, totals per product and "
-            "country pair (for firm-level worlds: the edge log grows by ~24 bytes per edge a "
+            "country pair (for firm-level worlds: the edge log grows by ~8 bytes per edge a "
             "tick), or none at all"
         ),
     )

@@ -72,21 +72,47 @@ def test_both_record_forms_of_the_edge_log_give_the_same_frame(monkeypatch, dens
     assert all("edge" not in r for r in model.flow_log)  # the synthetic world's usual form
 
 
+@pytest.mark.parametrize(
+    "config",
+    ["price_floor_border", "export_controls_2025", "china_strategic_pricing", "crisis_2010"],
+)
+def test_the_frames_prices_are_the_clearings_bit_for_bit(config):
+    """The edge log keeps asks per seller with the edges a policy priced apart, levies, and
+    the tick's edge terms by reference; the frame works out each edge's ask and landed cost
+    from them. Here: border floors (levies and minimum asks), export controls (export asks),
+    strategic export pricing, and dated events that replace the edge terms mid-run."""
+    model = RareEarthModel(CONFIGS / f"{config}.yaml", rng=4)
+    asks, landed = [], []
+    for _ in range(40):
+        model.step()
+        moving = np.flatnonzero(model.world.edges.flow_t > 0)
+        asks.append(model.edge_ask[moving])
+        landed.append(model.edge_landed[moving])
+    frame = model.flows_frame()
+    np.testing.assert_array_equal(frame["ask_usd_per_kg"], np.concatenate(asks))
+    np.testing.assert_array_equal(frame["landed_usd_per_kg"], np.concatenate(landed))
+    assert all("ask_edge" in r for r in model.flow_log)  # some edges were priced apart
+    if config == "price_floor_border":
+        assert any("levy_edge" in r for r in model.flow_log)
+    if config == "crisis_2010":  # events replaced the edge terms during the run
+        assert len({tuple(map(id, r["terms"])) for r in model.flow_log}) > 1
+
+
 def test_a_run_whose_edge_log_could_outgrow_memory_is_warned(monkeypatch):
     import warnings
 
     from abm import model as model_module
 
-    # the baseline's log: at most 24 B per edge and 8 per stock row a tick, about 12 MB over
-    # 240 ticks; on a machine of 40 MiB that is more than a quarter
-    monkeypatch.setattr(model_module, "physical_memory_bytes", lambda: 40 << 20)
+    # the baseline's log: at most 8 B per edge and 16 per stock row a tick, about 4.7 MB over
+    # 240 ticks; on a machine of 16 MiB that is more than a quarter
+    monkeypatch.setattr(model_module, "physical_memory_bytes", lambda: 16 << 20)
     base = load_scenario(CONFIGS / "baseline.yaml")
     with pytest.warns(UserWarning, match=r"flow_log: edges keeps up to .* 240 ticks .*countries"):
         RareEarthModel(base, rng=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RareEarthModel(base.model_copy(update={"flow_log": "countries"}), rng=0)
-        RareEarthModel(base.model_copy(update={"ticks": 12}), rng=0)  # about 0.6 MB
+        RareEarthModel(base.model_copy(update={"ticks": 12}), rng=0)  # about 0.24 MB
         monkeypatch.setattr(model_module, "physical_memory_bytes", lambda: None)  # unknown
         RareEarthModel(base, rng=0)
 

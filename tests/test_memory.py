@@ -86,10 +86,10 @@ def test_the_edge_flow_log_is_kept_in_the_arena():
     assert len(moving) < 0.5 * len(e.flow_t)  # the baseline keeps its moving edges by index
     np.testing.assert_array_equal(entry["edge"], moving)
     np.testing.assert_array_equal(entry["flow_t"], e.flow_t[moving])
-    np.testing.assert_array_equal(entry["landed_usd_per_kg"], model.edge_landed[moving])
+    np.testing.assert_array_equal(entry["ask_by_row"], model.row_quoted_ask)
     np.testing.assert_array_equal(
         entry["touched_cn_by_row"], model.world.stocks.attrs[:, model.world.layout.touched_cn]
     )
-    for name in ("edge", "flow_t", "ask_usd_per_kg", "landed_usd_per_kg", "touched_cn_by_row"):
+    for name in ("edge", "flow_t", "touched_cn_by_row", "ask_by_row", "ask_edge", "ask_value"):
         assert isinstance(entry[name].base, np.ndarray)  # a view into an arena chunk
         assert not np.shares_memory(entry[name], model.flow_log[-2][name])
