@@ -232,7 +232,11 @@ def _compute_prices(model: RareEarthModel) -> dict[str, np.ndarray]:
         "cn_domestic": (g.cn_domestic, ask),
         "export_fob": (g.export_fob, None),  # the ask plus export duty, filled in below
         "alliance_landed": (g.alliance_buyer, model.edge_landed),
-        "compliant": (model.compliant_rows(e.seller), ask),
+        # each seller's compliance, judged once per stock row
+        "compliant": (
+            model.compliant_rows(np.arange(len(model.world.stocks.qty_t)))[e.seller],
+            ask,
+        ),
     }
     sums = np.zeros((len(select), 2, len(g.has_edges)))  # per kind: (tonnes, value) × product
     selected, value = work = g.edge_work  # per edge, overwritten kind by kind
