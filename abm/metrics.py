@@ -784,7 +784,8 @@ def _edge_rows(entry: dict[str, Any], seller: np.ndarray) -> dict[str, Any]:
     else:
         edge = np.flatnonzero(entry["flow_t"] > 0)
         flow = entry["flow_t"][edge]
-    ask = entry["ask_by_row"][seller[edge]]  # per moving edge
+    sellers = seller[edge]  # per moving edge: its stock row
+    ask = entry["ask_by_row"][sellers]  # per moving edge
     levy = np.zeros(len(edge))
     for values, at, kept in ((ask, "ask_edge", "ask_value"), (levy, "levy_edge", "levy_value")):
         if at in entry:
@@ -796,7 +797,7 @@ def _edge_rows(entry: dict[str, Any], seller: np.ndarray) -> dict[str, Any]:
         "flow_t": flow,
         "ask_usd_per_kg": ask,
         "landed_usd_per_kg": market.landed_cost(ask, duty, tariff, levy, transport, 0.0),
-        "touched_cn_share": entry["touched_cn_by_row"][seller[edge]],
+        "touched_cn_share": entry["touched_cn_by_row"][sellers],
     }
 
 

@@ -971,12 +971,12 @@ class RareEarthModel(mesa.Model):
         # kept by reference (the policy state replaces them, never edits them in place).
         # The touched-by-China share is the seller's, kept per stock row too.
         touched = self.world.stocks.attrs[:, self.world.layout.touched_cn]
+        per_row = (touched, self.row_quoted_ask)
         entry = {
-            "tick": self.tick,
-            "touched_cn_by_row": kept(touched),
-            "ask_by_row": kept(self.row_quoted_ask),
-            "terms": (e.duty, e.tariff, e.transport_usd_per_kg),
+            name: kept(values)
+            for name, values in zip(metrics.ROW_VALUES_LOGGED, per_row, strict=True)
         }
+        entry.update(tick=self.tick, terms=(e.duty, e.tariff, e.transport_usd_per_kg))
         if self._asks_changed:
             changed, asks = (
                 np.concatenate(parts) for parts in zip(*self._asks_changed, strict=True)

@@ -68,12 +68,17 @@ class Layout:
     @cached_property
     def cell_mined(self) -> np.ndarray:
         """Per provenance cell: the mining country."""
-        return np.flatnonzero(self._grid >= 0) // (self.n_countries + 1)
+        return self._kept_pairs[0]
 
     @cached_property
     def cell_separated(self) -> np.ndarray:
         """Per provenance cell: the separation country (``n_countries``: not yet separated)."""
-        return np.flatnonzero(self._grid >= 0) % (self.n_countries + 1)
+        return self._kept_pairs[1]
+
+    @cached_property
+    def _kept_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per provenance cell: (mining country, separation country or ``n_countries``)."""
+        return np.divmod(np.flatnonzero(self._grid >= 0), self.n_countries + 1)
 
     @cached_property
     def unprocessed_cells(self) -> np.ndarray:
