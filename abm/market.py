@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from abm import threads
 from abm.provenance import run_lengths, run_starts
 
 TINY = 1e-12  # share of a market's size below which a quantity counts as nothing
@@ -197,9 +198,9 @@ def clear(
                 if not wanted.any():
                     placed.append(None)
                     continue
-                share = _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite)
-                share *= wanted.repeat(lengths)
-                placed.append(share)
+                placed.append(
+                    _run_logit(play.cost, restrict, starts, lengths, beta, scale, finite, wanted)
+                )
             present = [tranche for tranche in placed if tranche is not None]
             edge_orders = (
                 present[0] + present[1]
@@ -291,12 +292,13 @@ class _InPlay:
         else:
             self.lengths, self.buyer = per_run[runs], self.buyer[runs]
         self.starts = self.lengths.cumsum() - self.lengths
-        self.at = kept if self.at is None else self.at[kept]
-        self.seller, self.cost = self.seller[kept], self.cost[kept]
-        self.compliant = None if self.compliant is None else self.compliant[kept]
-        self.group = None if self.group is None else self.group[kept]
-        if self.flow is not None:
-            self.flow, self.ordered = self.flow[kept], self.ordered[kept]
+        per_edge = (self.at, self.seller, self.cost, self.compliant, self.group, self.flow)
+        got = iter(_gather([a for a in (*per_edge, self.ordered) if a is not None], kept))
+        self.at, self.seller, self.cost, self.compliant, self.group, self.flow = (
+            None if a is None else next(got) for a in per_edge
+        )
+        self.at = kept if self.at is None else self.at
+        self.ordered = None if self.flow is None else next(got)
 
     def _where(self) -> np.ndarray | slice:
         return slice(None) if self.at is None else self.at
@@ -324,6 +326,25 @@ class _InPlay:
         return flow, ordered, unfilled
 
 
+def _gather(arrays: list[np.ndarray], at: np.ndarray) -> list[np.ndarray]:
+    """``[a[at] for a in arrays]``, on the row threads for a large market (the same values)."""
+    if threads.n_blocks(len(at) * len(arrays)) == 1:
+        return [a[at] for a in arrays]
+    out = [np.empty(len(at), a.dtype) for a in arrays]
+
+    def work(part: slice) -> None:
+        for a, o in zip(arrays, out, strict=True):
+            # "clip" (the positions are in range) writes straight into ``o``; "raise" goes
+            # through a temporary copy
+            np.take(a, at[part], out=o[part], mode="clip")
+
+    threads.run(work, threads.even(len(at), len(arrays)))
+    return out
+
+
+LOGIT_CHUNK = 1 << 17  # edges whose shares are worked out at a time (their arrays stay in cache)
+
+
 def _run_logit(
     cost: np.ndarray,
     restrict: np.ndarray | None,
@@ -332,28 +353,75 @@ def _run_logit(
     beta: float,
     scale: np.ndarray | float,
     finite: bool = False,
+    wanted: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`logit_shares` for edges sorted by buyer, one run of edges per buyer.
 
     ``starts`` and ``lengths`` give each run's first edge and number of edges; ``restrict``
     (per edge; None: every edge) marks the edges that may receive orders; ``scale`` is the
     buyer's price scale per edge (or one for all); ``finite`` says every cost is a finite
-    number, which spares the check for undefined weights. Called under
+    number, which spares the check for undefined weights; ``wanted`` (per run), if given,
+    multiplies each run's shares: tonnes ordered per edge. Called under
     ``np.errstate(invalid="ignore", over="ignore")``: infinite gaps are expected.
+
+    Runs are worked out a chunk of :data:`LOGIT_CHUNK` edges at a time, so the passes over a
+    chunk find it in cache, and a large market's chunks are shared among threads
+    (:func:`abm.threads.run_chunked`). Each run's shares depend on its own edges only: the
+    result is the same bit for bit however the runs are cut.
     """
+    n = len(cost)
+    out = np.empty(n)
+    if n == 0:
+        return out
+    if n <= LOGIT_CHUNK:  # one chunk: no bounds to work out
+        _logit_into(out, cost, restrict, starts, lengths, beta, scale, finite, wanted)
+        return out
+    per_edge = np.ndim(scale) > 0
+    bounds = np.append(starts, n)  # per run boundary: the edges before it
+
+    def work(runs: slice) -> None:
+        edges = slice(int(bounds[runs.start]), int(bounds[runs.stop]))
+        with np.errstate(invalid="ignore", over="ignore"):  # a thread starts with numpy's default
+            _logit_into(
+                out[edges],
+                cost[edges],
+                None if restrict is None else restrict[edges],
+                starts[runs] - edges.start,
+                lengths[runs],
+                beta,
+                scale[edges] if per_edge else scale,
+                finite,
+                None if wanted is None else wanted[runs],
+            )
+
+    threads.run_chunked(work, bounds, LOGIT_CHUNK)
+    return out
+
+
+def _logit_into(
+    out: np.ndarray,
+    cost: np.ndarray,
+    restrict: np.ndarray | None,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    beta: float,
+    scale: np.ndarray | float,
+    finite: bool,
+    wanted: np.ndarray | None,
+) -> None:
+    """:func:`_run_logit` on whole runs of edges, written into ``out``."""
     masked = cost if restrict is None else np.where(restrict, cost, np.inf)  # per edge
-    if len(masked) == 0:
-        return np.zeros(0)
     best = np.minimum.reduceat(masked, starts)  # per run
-    weight = masked - best.repeat(lengths)  # per edge: gap to the best, >= 0, inf or nan
-    weight /= scale
-    weight *= -beta
-    np.exp(weight, out=weight)  # an infinite gap weighs 0
+    np.subtract(masked, best.repeat(lengths), out=out)  # per edge: gap to the best, >= 0, inf, nan
+    out /= scale
+    out *= -beta
+    np.exp(out, out=out)  # an infinite gap weighs 0
     if restrict is not None or not finite:
-        weight[np.isnan(weight)] = 0.0  # a buyer with nothing eligible, or an undefined cost
-    total = np.add.reduceat(weight, starts)  # per run
-    weight /= np.where(total > 0, total, 1.0).repeat(lengths)
-    return weight
+        out[np.isnan(out)] = 0.0  # a buyer with nothing eligible, or an undefined cost
+    total = np.add.reduceat(out, starts)  # per run
+    out /= np.where(total > 0, total, 1.0).repeat(lengths)
+    if wanted is not None:
+        out *= wanted.repeat(lengths)
 
 
 def _unsort(values: np.ndarray, order: np.ndarray) -> np.ndarray:

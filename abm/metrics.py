@@ -70,7 +70,8 @@ class _Groups:
     """Who belongs to which group, per edge, buyer, producer and stock row (fixed per world)."""
 
     key: tuple[Any, ...]  # what they were built from: the world, its blocs, reference prices
-    # per edge: the trades of each kind of price (besides "world" and "compliant")
+    # per edge: the trades of each kind of price (besides "world" and "compliant"), as 1.0 or
+    # 0.0 (a float mask multiplies a float array twice as fast as a boolean one, to the bit)
     cn_domestic: np.ndarray
     export_fob: np.ndarray
     alliance_buyer: np.ndarray
@@ -119,9 +120,9 @@ def _build_groups(model: RareEarthModel, key: tuple[Any, ...]) -> _Groups:
     producer_row = (s.owner_kind == MINE) | (s.owner_kind == PROCESSOR)  # per stock row
     return _Groups(
         key=key,
-        cn_domestic=seller_cn & buyer_cn,
-        export_fob=seller_cn & ~buyer_cn,
-        alliance_buyer=w.country_bloc[e.buyer_country] == BLOCS.index("alliance"),
+        cn_domestic=(seller_cn & buyer_cn).astype(float),
+        export_fob=(seller_cn & ~buyer_cn).astype(float),
+        alliance_buyer=(w.country_bloc[e.buyer_country] == BLOCS.index("alliance")).astype(float),
         market_starts=np.array([m.start for m in markets if m.stop > m.start], dtype=np.intp),
         has_edges=np.array([m.stop > m.start for m in markets], dtype=bool),
         edge_work=np.empty((2, len(e.seller))),
@@ -168,6 +169,11 @@ def _table(model: RareEarthModel, name: str, compute: Callable[[RareEarthModel],
     if name not in tables:
         tables[name] = compute(model)
     return tables[name]
+
+
+def open_tables(model: RareEarthModel) -> None:
+    """Start this tick's tables and the world's groupings, before threads share them."""
+    _groups(model)
 
 
 def _tick_tables(model: RareEarthModel) -> dict[str, Any]:

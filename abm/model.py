@@ -196,8 +196,25 @@ class RareEarthModel(mesa.Model):
         if self.check_invariants:
             invariants.check(self)  # no NaN, negative stock or broken balance goes unnoticed
         if not self.warming_up:
-            self.datacollector.collect(self)  # 9: metrics
+            self._collect()  # 9: metrics
+
+    def _collect(self) -> None:
+        """This tick's metrics, then its flow log.
+
+        A world large enough to split its work among threads keeps the log on a thread of its
+        own while the metrics are collected (:func:`abm.threads.beside`): both only read the
+        tick's state, and each writes its own records, so the records are the same.
+        """
+        if threads.n_blocks(len(self.world.edges.seller)) == 1:
+            self.datacollector.collect(self)
             self._log_flows()
+            return
+        metrics.open_tables(self)  # this tick's tables, shared by both threads
+        logged = threads.beside(self._log_flows)
+        try:
+            self.datacollector.collect(self)
+        finally:
+            logged.result()
 
     # ------------------------------------------------------------------ set-up
 

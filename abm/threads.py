@@ -10,13 +10,19 @@ Only work of at least :data:`MIN_CELLS` cells per block is split; the baseline w
 are far smaller and always run on one thread. The number of threads is ``ABM_THREADS`` if set,
 else the cores this process may use. Sweeps set ``ABM_THREADS=1`` in their worker processes,
 which already use every core between them.
+
+One more thread, apart from the row blocks' pool, takes whole pieces of work beside the
+caller's (:func:`beside`): a large world keeps its flow log there while its metrics are
+collected on the model's thread. Both only read the tick's state and write apart, so that does
+not change a result either.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
@@ -26,6 +32,8 @@ ENV = "ABM_THREADS"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_side: ThreadPoolExecutor | None = None  # one thread for work beside the caller's (beside)
+_lock = threading.Lock()  # guards the two pools' creation
 
 
 def count() -> int:
@@ -74,6 +82,25 @@ def even(n_rows: int, width: int) -> list[slice]:
     return bounds(np.arange(n_rows + 1), blocks)
 
 
+def run_chunked(work: Callable[[slice], None], weights: np.ndarray, chunk: float) -> None:
+    """Call ``work(rows)`` for consecutive slices of rows of about ``chunk`` weight each.
+
+    Small slices keep the arrays of a many-pass computation in a core's cache between passes;
+    work of at least :data:`MIN_CELLS` weight a thread is shared out among threads, each taking
+    a run of consecutive slices. ``weights`` is cumulative, as in :func:`bounds`.
+    """
+    total = float(weights[-1]) if len(weights) else 0.0
+    pieces = bounds(weights, max(int(total // chunk), 1))
+    blocks = min(n_blocks(int(total)), len(pieces))
+    cuts = np.linspace(0, len(pieces), blocks + 1).round().astype(int)
+
+    def work_through(part: slice) -> None:
+        for rows in pieces[part]:
+            work(rows)
+
+    run(work_through, [slice(int(a), int(b)) for a, b in pairwise(cuts)])
+
+
 def run[T](work: Callable[[T], None], blocks: Sequence[T]) -> None:
     """Call ``work(block)`` for every block: the first on this thread, the rest on the pool.
 
@@ -93,20 +120,35 @@ def run[T](work: Callable[[T], None], blocks: Sequence[T]) -> None:
             future.result()  # waits, and re-raises an error from the block
 
 
+def beside[T](work: Callable[[], T]) -> Future[T]:
+    """Start ``work()`` on a thread of its own, beside the caller: its future.
+
+    Not a thread of the row pool: work there may call :func:`run`, and a pool thread waiting
+    for blocks queued behind itself would wait for ever.
+    """
+    global _side
+    with _lock:
+        if _side is None:
+            _side = ThreadPoolExecutor(1, thread_name_prefix="abm-beside")
+        return _side.submit(work)
+
+
 def _executor(helpers: int) -> ThreadPoolExecutor:
     """The shared pool of helper threads, grown to at least ``helpers`` threads."""
     global _pool, _pool_size
-    if _pool is None or _pool_size < helpers:
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-        _pool, _pool_size = ThreadPoolExecutor(helpers, thread_name_prefix="abm-rows"), helpers
-    return _pool
+    with _lock:  # the caller's thread and the one beside it may both ask
+        if _pool is None or _pool_size < helpers:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(helpers, thread_name_prefix="abm-rows")
+            _pool_size = helpers
+        return _pool
 
 
 def _forget_pool() -> None:
     """In a forked child the pool's threads do not exist: start a new pool when needed."""
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
+    global _pool, _pool_size, _side, _lock
+    _pool, _pool_size, _side, _lock = None, 0, None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)

@@ -187,6 +187,32 @@ def test_logit_within_runs_of_edges_matches_the_general_logit():
         np.testing.assert_allclose(mine, general, **TOL)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # helper threads expect infinite gaps too
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_logit_shares_are_the_same_bits_however_the_runs_are_chunked(monkeypatch, n_threads):
+    rng = np.random.default_rng(3)
+    buyer = np.repeat(np.arange(300), rng.integers(1, 12, 300))
+    cost = rng.uniform(10, 100, len(buyer))
+    cost[rng.random(len(buyer)) < 0.05] = np.inf  # unreachable offers
+    cost[:4] = np.nan  # and a buyer with an undefined cost
+    restrict = rng.random(len(buyer)) < 0.6
+    scale, wanted = rng.uniform(20, 80, 300), rng.uniform(0, 5, 300)
+    starts = provenance.run_starts(buyer)
+    lengths = provenance.run_lengths(starts, len(buyer))
+    cases = [(None, 30.0, None), (restrict, scale[buyer], wanted), (None, scale[buyer], wanted)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        whole = [market._run_logit(cost, r, starts, lengths, 4.0, s, False, w) for r, s, w in cases]
+        monkeypatch.setattr(market, "LOGIT_CHUNK", 40)  # about 70 chunks
+        monkeypatch.setattr(threads, "MIN_CELLS", 100)
+        monkeypatch.setenv(threads.ENV, str(n_threads))
+        for (r, s, w), one in zip(cases, whole, strict=True):
+            chunked = market._run_logit(cost, r, starts, lengths, 4.0, s, False, w)
+            np.testing.assert_array_equal(chunked, one)
+    assert np.isfinite(whole[1]).all() and whole[1].sum() > 0
+    expected = market.logit_shares(cost, buyer, restrict, 300, 4.0, scale) * wanted[buyer]
+    np.testing.assert_allclose(whole[1], np.nan_to_num(expected), **TOL)
+
+
 @pytest.mark.parametrize("sizes", [[3, 1, 6], [1], [], [2, 2, 2, 1]])
 def test_run_lengths_are_the_gaps_between_run_starts(sizes):
     keys = np.repeat(np.arange(len(sizes)), sizes)

@@ -7,19 +7,24 @@ that small worlds split too.
 """
 
 import multiprocessing
+import threading
 from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from abm import RareEarthModel, provenance, threads
+from abm import RareEarthModel, market, metrics, provenance, threads
 from benchmarks.synthetic import synthetic_scenario
 
 
 @pytest.fixture
 def split_small(monkeypatch):
-    """Split any work of at least 500 cells, so small arrays run on several threads."""
+    """Split any work of at least 500 cells, so small arrays run on several threads.
+
+    Logit shares are worked out 64 edges at a time, so small markets are cut into chunks too.
+    """
     monkeypatch.setattr(threads, "MIN_CELLS", 500)
+    monkeypatch.setattr(market, "LOGIT_CHUNK", 64)
 
     def use(n):
         monkeypatch.setenv(threads.ENV, str(n))
@@ -51,6 +56,34 @@ def test_bands_cover_every_row_once_with_about_equal_weight():
         shares = [weights[b.stop] - weights[b.start] for b in bands]
         assert max(shares) - min(shares) <= 2 * 40  # within a row or two of equal
     assert threads.bounds(np.array([0, 5]), 4) == [slice(0, 1)]  # one row: one band
+
+
+@pytest.mark.parametrize(("n_threads", "chunk"), [(1, 50), (2, 50), (3, 7), (2, 10**6)])
+def test_chunks_cover_every_row_once_in_order_on_each_thread(
+    split_small, monkeypatch, n_threads, chunk
+):
+    split_small(n_threads)
+    weights = np.cumsum(np.r_[0, np.random.default_rng(1).integers(1, 9, 600)])
+    blocks, seen = [], []  # the threads' shares of the chunks; the chunks as worked
+    run = threads.run
+
+    def recording(work, parts):
+        blocks.extend(parts)
+        run(work, parts)
+
+    monkeypatch.setattr(threads, "run", recording)
+    threads.run_chunked(lambda rows: seen.append(rows), weights, chunk)
+    pieces = sorted(seen, key=lambda s: s.start)
+    assert pieces[0].start == 0 and pieces[-1].stop == 600
+    assert all(a.stop == b.start for a, b in pairwise(pieces))  # every row once
+    heaviest = max(weights[s.stop] - weights[s.start] for s in pieces)
+    assert heaviest <= chunk + 8 or len(pieces) == 1  # about ``chunk`` each, within a row
+    # one share of consecutive chunks per thread, about equal, together all of them
+    assert len(blocks) == min(n_threads, len(pieces))
+    assert blocks[0].start == 0 and blocks[-1].stop == len(pieces)
+    assert all(a.stop == b.start for a, b in pairwise(blocks))
+    sizes = [b.stop - b.start for b in blocks]
+    assert max(sizes) - min(sizes) <= 1
 
 
 def test_small_work_is_not_split(monkeypatch):
@@ -117,18 +150,47 @@ def test_mixing_gives_the_same_bits_on_any_number_of_threads(split_small, monkey
     np.testing.assert_allclose(results[0][1], expected, rtol=1e-12)
 
 
-def test_a_world_runs_the_same_on_one_and_on_two_threads(split_small):
-    runs = []
+def test_a_world_runs_the_same_on_one_and_on_two_threads(split_small, monkeypatch):
+    runs, beside = [], []  # beside: per tick, its flow log was kept beside the metrics
+    log = RareEarthModel._log_flows
+
+    def logging(model):
+        beside.append(threading.current_thread() is not threading.main_thread())
+        log(model)
+
+    monkeypatch.setattr(RareEarthModel, "_log_flows", logging)
     for n in (1, 2):
         split_small(n)
+        beside.clear()
         model = RareEarthModel(synthetic_scenario(400, suppliers_per_buyer=6), rng=3)
         for _ in range(6):
             model.step()
-        frame = model.datacollector.get_model_vars_dataframe()
-        runs.append((model.world.stocks.attrs.copy(), model.world.edges.flow_t.copy(), frame))
+        assert beside == [n > 1] * 6
+        runs.append(
+            (
+                model.world.stocks.attrs.copy(),
+                model.world.edges.flow_t.copy(),
+                model.datacollector.get_model_vars_dataframe(),
+                model.flows_frame(),
+                metrics.consumption_frame(model),
+            )
+        )
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
-    assert runs[0][2].equals(runs[1][2])
+    for one, two in zip(runs[0][2:], runs[1][2:], strict=True):
+        assert one.equals(two) and len(one) > 0
+
+
+def test_an_error_in_the_log_kept_beside_reaches_the_caller(split_small, monkeypatch):
+    split_small(2)
+    model = RareEarthModel(synthetic_scenario(400, suppliers_per_buyer=6), rng=3)
+
+    def broken(model):
+        raise RuntimeError("log failed")
+
+    monkeypatch.setattr(RareEarthModel, "_log_flows", broken)
+    with pytest.raises(RuntimeError, match="log failed"):
+        model.step()
 
 
 def _split_in_child(queue):
