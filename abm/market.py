@@ -292,13 +292,26 @@ class _InPlay:
         else:
             self.lengths, self.buyer = per_run[runs], self.buyer[runs]
         self.starts = self.lengths.cumsum() - self.lengths
-        per_edge = (self.at, self.seller, self.cost, self.compliant, self.group, self.flow)
-        got = iter(_gather([a for a in (*per_edge, self.ordered) if a is not None], kept))
-        self.at, self.seller, self.cost, self.compliant, self.group, self.flow = (
-            None if a is None else next(got) for a in per_edge
-        )
-        self.at = kept if self.at is None else self.at
-        self.ordered = None if self.flow is None else next(got)
+        if threads.n_blocks(len(kept) * len(self._PER_EDGE)) > 1:
+            self._gather_on_threads(kept)
+            return
+        self.at = kept if self.at is None else self.at[kept]
+        self.seller, self.cost = self.seller[kept], self.cost[kept]
+        self.compliant = None if self.compliant is None else self.compliant[kept]
+        self.group = None if self.group is None else self.group[kept]
+        if self.flow is not None:
+            self.flow, self.ordered = self.flow[kept], self.ordered[kept]
+
+    _PER_EDGE = ("at", "seller", "cost", "compliant", "group", "flow", "ordered")  # or None
+
+    def _gather_on_threads(self, kept: np.ndarray) -> None:
+        """:meth:`keep`'s gathers for a large market, in bands on the row threads."""
+        names = [name for name in self._PER_EDGE if getattr(self, name) is not None]
+        gathered = _gather([getattr(self, name) for name in names], kept)
+        for name, values in zip(names, gathered, strict=True):
+            setattr(self, name, values)
+        if self.at is None:  # every edge was live until now
+            self.at = kept
 
     def _where(self) -> np.ndarray | slice:
         return slice(None) if self.at is None else self.at
@@ -327,9 +340,7 @@ class _InPlay:
 
 
 def _gather(arrays: list[np.ndarray], at: np.ndarray) -> list[np.ndarray]:
-    """``[a[at] for a in arrays]``, on the row threads for a large market (the same values)."""
-    if threads.n_blocks(len(at) * len(arrays)) == 1:
-        return [a[at] for a in arrays]
+    """``[a[at] for a in arrays]``, in bands of ``at`` on the row threads (the same values)."""
     out = [np.empty(len(at), a.dtype) for a in arrays]
 
     def work(part: slice) -> None:
