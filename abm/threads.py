@@ -89,7 +89,7 @@ def run_chunked(work: Callable[[slice], None], weights: np.ndarray, chunk: float
     work of at least :data:`MIN_CELLS` weight a thread is shared out among threads, each taking
     a run of consecutive slices. ``weights`` is cumulative, as in :func:`bounds`.
     """
-    total = float(weights[-1]) if len(weights) else 0.0
+    total = float(weights[-1])  # weights start at 0 and have one more entry than rows
     pieces = bounds(weights, max(int(total // chunk), 1))
     blocks = min(n_blocks(int(total)), len(pieces))
     cuts = np.linspace(0, len(pieces), blocks + 1).round().astype(int)
