@@ -292,7 +292,7 @@ class _InPlay:
         else:
             self.lengths, self.buyer = per_run[runs], self.buyer[runs]
         self.starts = self.lengths.cumsum() - self.lengths
-        if threads.n_blocks(len(kept) * len(self._PER_EDGE)) > 1:
+        if threads.n_threads(len(kept) * len(self._PER_EDGE)) > 1:
             self._gather_on_threads(kept)
             return
         self.at = kept if self.at is None else self.at[kept]

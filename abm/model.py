@@ -205,7 +205,7 @@ class RareEarthModel(mesa.Model):
         own while the metrics are collected (:func:`abm.threads.beside`): both only read the
         tick's state, and each writes its own records, so the records are the same.
         """
-        if threads.n_blocks(len(self.world.edges.seller)) == 1:
+        if threads.n_threads(len(self.world.edges.seller)) == 1:
             self.datacollector.collect(self)
             self._log_flows()
             return

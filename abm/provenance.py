@@ -126,7 +126,7 @@ def _add_product_rows(
 
     ``matrix`` is (indptr, indices, data, columns); ``x`` is columns × ``out``'s width, flat.
     scipy's own kernel for the product reads ``indptr``'s positions as they are, so a band of
-    rows (one per thread) needs no matrix of its own; each row's sum runs over its entries in
+    rows (one block of work) needs no matrix of its own; each row's sum runs over its entries in
     order, whatever the band.
     """
     indptr, indices, data, columns = matrix
@@ -175,7 +175,7 @@ class Routes:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Tonnes and attribute mass (t × attribute) arriving at each destination.
 
-        Large products are split into bands of destinations, one per thread
+        Large products are split into bands of destinations, shared among threads
         (:mod:`abm.threads`); each destination's sum is the same whatever the split.
 
         Args:
@@ -200,7 +200,7 @@ class Routes:
         t.data[:] = moving
         matrix = (t.indptr, t.indices, t.data, t.shape[1])
         flat = np.ascontiguousarray(attrs).ravel()
-        # bands of destinations with about equal links, one per thread
+        # bands of destinations with about equal links, taken by the threads in turn
         bands = threads.bounds(t.indptr, threads.n_blocks(len(moving) * width))
         threads.run(lambda rows: _add_product_rows(rows, matrix, flat, out), bands)
         return inflow, out

@@ -6,10 +6,14 @@ in every operation split here (each output row is computed from its own inputs, 
 order), so the result is bit for bit the one a single thread computes: the number of threads
 never changes a trajectory.
 
-Only work of at least :data:`MIN_CELLS` cells per block is split; the baseline world's arrays
+Only work of at least :data:`MIN_CELLS` cells per thread is split; the baseline world's arrays
 are far smaller and always run on one thread. The number of threads is ``ABM_THREADS`` if set,
 else the cores this process may use. Sweeps set ``ABM_THREADS=1`` in their worker processes,
 which already use every core between them.
+
+Work is cut into :data:`PIECES` blocks per thread, and each thread takes the next block left as
+soon as it is free, so a core that runs slower than the others for a while (a shared virtual
+machine's, or a laptop's efficiency core) does less of the work instead of holding up the rest.
 
 One more thread, apart from the row blocks' pool, takes whole pieces of work beside the
 caller's (:func:`beside`): a large world keeps its flow log there while its metrics are
@@ -27,7 +31,8 @@ from itertools import pairwise
 
 import numpy as np
 
-MIN_CELLS = 200_000  # least work (array cells, or nonzeros × columns) worth a block of its own
+MIN_CELLS = 200_000  # least work (array cells, or nonzeros × columns) worth a thread of its own
+PIECES = 4  # blocks per thread: a thread that finishes early takes another
 ENV = "ABM_THREADS"
 
 _pool: ThreadPoolExecutor | None = None
@@ -49,11 +54,20 @@ def count() -> int:
         return os.cpu_count() or 1
 
 
-def n_blocks(cells: int) -> int:
-    """How many blocks to split work of ``cells`` cells into (1: do not split)."""
+def n_threads(cells: int) -> int:
+    """How many threads work of ``cells`` cells is worth (1: do not split)."""
     if cells < 2 * MIN_CELLS:  # most calls: small work, no need to look up the thread count
         return 1
     return min(count(), cells // MIN_CELLS)
+
+
+def n_blocks(cells: int) -> int:
+    """How many blocks to split work of ``cells`` cells into (1: do not split).
+
+    :data:`PIECES` for each thread the work is worth, so that a faster thread can take more.
+    """
+    used = n_threads(cells)
+    return 1 if used == 1 else used * PIECES
 
 
 def bounds(weights: np.ndarray, blocks: int) -> list[slice]:
@@ -87,37 +101,56 @@ def run_chunked(work: Callable[[slice], None], weights: np.ndarray, chunk: float
 
     Small slices keep the arrays of a many-pass computation in a core's cache between passes;
     work of at least :data:`MIN_CELLS` weight a thread is shared out among threads, each taking
-    a run of consecutive slices. ``weights`` is cumulative, as in :func:`bounds`.
+    the next slice left (:func:`run`). ``weights`` is cumulative, as in :func:`bounds`.
     """
     total = float(weights[-1])  # weights start at 0 and have one more entry than rows
-    pieces = bounds(weights, max(int(total // chunk), 1))
-    blocks = min(n_blocks(int(total)), len(pieces))
-    cuts = np.linspace(0, len(pieces), blocks + 1).round().astype(int)
-
-    def work_through(part: slice) -> None:
-        for rows in pieces[part]:
-            work(rows)
-
-    run(work_through, [slice(int(a), int(b)) for a, b in pairwise(cuts)])
+    run(work, bounds(weights, max(int(total // chunk), 1)), n_threads(int(total)))
 
 
-def run[T](work: Callable[[T], None], blocks: Sequence[T]) -> None:
-    """Call ``work(block)`` for every block: the first on this thread, the rest on the pool.
+def run[T](work: Callable[[T], None], blocks: Sequence[T], workers: int | None = None) -> None:
+    """Call ``work(block)`` for every block, on this thread and the pool's.
 
-    A block is a slice of rows, or anything that names one.
+    Each thread takes the next block not yet taken, until none is left; a block is a slice of
+    rows, or anything that names one. ``work`` must write only its own rows; it should write
+    into arrays made beforehand, so that large allocations stay with the calling thread.
 
-    ``work`` must write only its own rows; it should write into arrays made beforehand, so
-    that large allocations stay with the calling thread.
+    Args:
+        work: called once per block.
+        blocks: the blocks, in order.
+        workers: threads to use, this one included (never more than the blocks); if not
+            given, the threads this process uses (:func:`count`).
+
     """
-    if len(blocks) == 1:
-        work(blocks[0])
+    workers = min(count() if workers is None else workers, len(blocks))
+    if workers <= 1:
+        for block in blocks:
+            work(block)
         return
-    pending = [_executor(len(blocks) - 1).submit(work, block) for block in blocks[1:]]
+    left = iter(blocks)
+    taking = threading.Lock()  # hands out each block once
+    failed = threading.Event()  # a block raised: no thread takes another
+
+    def work_through() -> None:
+        while not failed.is_set():
+            with taking:
+                block = next(left, _NONE_LEFT)
+            if block is _NONE_LEFT:
+                return
+            try:
+                work(block)
+            except BaseException:
+                failed.set()
+                raise
+
+    pending = [_executor(workers - 1).submit(work_through) for _ in range(workers - 1)]
     try:
-        work(blocks[0])
+        work_through()
     finally:
         for future in pending:
-            future.result()  # waits, and re-raises an error from the block
+            future.result()  # waits, and re-raises an error from a block
+
+
+_NONE_LEFT = object()  # what the blocks' iterator gives when every block is taken
 
 
 def beside[T](work: Callable[[], T]) -> Future[T]:

@@ -1,6 +1,6 @@
 """Row blocks on several threads (abm.threads): the split never changes a result.
 
-Large sparse products and mixing are cut into bands of rows, one per thread. Every row is
+Large sparse products and mixing are cut into bands of rows, several per thread. Every row is
 computed from its own inputs in the same order, so results must be equal bit for bit (not
 just close) whatever the number of threads; these tests lower the size worth splitting so
 that small worlds split too.
@@ -64,32 +64,59 @@ def test_chunks_cover_every_row_once_in_order_on_each_thread(
 ):
     split_small(n_threads)
     weights = np.cumsum(np.r_[0, np.random.default_rng(1).integers(1, 9, 600)])
-    blocks, seen = [], []  # the threads' shares of the chunks; the chunks as worked
+    handed, seen = [], []  # the blocks and threads run_chunked asked for; the chunks as worked
     run = threads.run
 
-    def recording(work, parts):
-        blocks.extend(parts)
-        run(work, parts)
+    def recording(work, parts, workers=None):
+        handed.append((parts, workers))
+        run(work, parts, workers)
 
     monkeypatch.setattr(threads, "run", recording)
-    threads.run_chunked(lambda rows: seen.append(rows), weights, chunk)
-    pieces = sorted(seen, key=lambda s: s.start)
+    threads.run_chunked(lambda rows: seen.append((threading.get_ident(), rows)), weights, chunk)
+    pieces = sorted((rows for _, rows in seen), key=lambda s: s.start)
     assert pieces[0].start == 0 and pieces[-1].stop == 600
     assert all(a.stop == b.start for a, b in pairwise(pieces))  # every row once
     heaviest = max(weights[s.stop] - weights[s.start] for s in pieces)
     assert heaviest <= chunk + 8 or len(pieces) == 1  # about ``chunk`` each, within a row
-    # one share of consecutive chunks per thread, about equal, together all of them
-    assert len(blocks) == min(n_threads, len(pieces))
-    assert blocks[0].start == 0 and blocks[-1].stop == len(pieces)
-    assert all(a.stop == b.start for a, b in pairwise(blocks))
-    sizes = [b.stop - b.start for b in blocks]
-    assert max(sizes) - min(sizes) <= 1
+    ((parts, workers),) = handed  # one call: the chunks in order, and the threads worth using
+    assert parts == pieces
+    assert workers == threads.n_threads(int(weights[-1])) == n_threads
+    for thread in {ident for ident, _ in seen}:  # each thread took its chunks in order
+        starts = [rows.start for ident, rows in seen if ident == thread]
+        assert starts == sorted(starts)
 
 
 def test_small_work_is_not_split(monkeypatch):
     monkeypatch.setenv(threads.ENV, "2")
-    assert threads.n_blocks(threads.MIN_CELLS - 1) == 1
-    assert threads.n_blocks(10 * threads.MIN_CELLS) == 2  # never more than the threads
+    assert threads.n_threads(threads.MIN_CELLS - 1) == threads.n_blocks(threads.MIN_CELLS - 1) == 1
+    assert threads.n_threads(10 * threads.MIN_CELLS) == 2  # never more than the threads
+    assert threads.n_blocks(10 * threads.MIN_CELLS) == 2 * threads.PIECES  # several a thread
+    monkeypatch.setenv(threads.ENV, "1")
+    assert threads.n_blocks(10 * threads.MIN_CELLS) == 1  # one thread: one block
+
+
+def test_a_thread_held_up_leaves_the_other_blocks_to_the_free_ones(monkeypatch):
+    """Blocks go to whichever thread is free: one slow core does not hold up the work."""
+    monkeypatch.setenv(threads.ENV, "2")
+    blocks = list(range(12))
+    done = {"held": [], "free": []}
+    rest_done = threading.Event()
+    workers = set()
+
+    def work(block):
+        workers.add(threading.get_ident())
+        if block == 0:  # the thread that takes the first block is held until the rest are done
+            assert rest_done.wait(timeout=30), "the free thread did not take the other blocks"
+            done["held"].append(block)
+            return
+        done["free"].append(block)
+        if len(done["free"]) == len(blocks) - 1:
+            rest_done.set()
+
+    threads.run(work, blocks)
+    assert done["held"] == [0]  # the held thread worked its first block only
+    assert done["free"] == blocks[1:]  # the other thread took every other block, in order
+    assert len(workers) == 2  # two threads (ABM_THREADS), not one per block
 
 
 def test_an_error_in_a_helper_thread_reaches_the_caller(split_small):
@@ -113,7 +140,7 @@ def test_routes_give_the_same_bits_on_any_number_of_threads(split_small, n_threa
     split_small(1)
     one_qty, one = routes.inflows(qty, attrs)
     split_small(n_threads)
-    assert threads.n_blocks(len(qty) * attrs.shape[1]) == n_threads
+    assert threads.n_threads(len(qty) * attrs.shape[1]) == n_threads
     many_qty, many = routes.inflows(qty, attrs)
     np.testing.assert_array_equal(many_qty, one_qty)
     np.testing.assert_array_equal(many, one)
@@ -226,9 +253,9 @@ def test_the_baseline_never_splits_its_work(monkeypatch):
     splits = []
     run = threads.run
 
-    def counting(work, blocks):
+    def counting(work, blocks, workers=None):
         splits.append(len(blocks))
-        run(work, blocks)
+        run(work, blocks, workers)
 
     monkeypatch.setattr(threads, "run", counting)
     model = RareEarthModel(CONFIGS / "baseline.yaml", rng=2)
