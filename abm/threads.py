@@ -121,6 +121,9 @@ def run[T](work: Callable[[T], None], blocks: Sequence[T], workers: int | None =
             given, the threads this process uses (:func:`count`).
 
     """
+    if len(blocks) == 1:  # most calls: small work, no need to look up the thread count
+        work(blocks[0])
+        return
     workers = min(count() if workers is None else workers, len(blocks))
     if workers <= 1:
         for block in blocks:
