@@ -361,7 +361,8 @@ def test_invariant_check_raises_like_the_agent_by_agent_check(world, chunked, mo
         monkeypatch.setattr(provenance, "CHUNK_CELLS", 3 * model.world.layout.width)
         monkeypatch.setattr(threads, "MIN_CELLS", 20 * model.world.layout.width)
         monkeypatch.setenv(threads.ENV, "2")
-        assert len(threads.even(len(model.world.stocks.qty_t), model.world.layout.width)) == 2
+        cells = len(model.world.stocks.qty_t) * model.world.layout.width
+        assert threads.n_threads(cells) == 2 and threads.n_blocks(cells) == 2 * threads.PIECES
     assert outcome(invariants.check, model) is None
     raised = 0
     for what, array, index, value in perturbations(model):
