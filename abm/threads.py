@@ -64,10 +64,11 @@ def n_threads(cells: int) -> int:
 def n_blocks(cells: int) -> int:
     """How many blocks to split work of ``cells`` cells into (1: do not split).
 
-    :data:`PIECES` for each thread the work is worth, so that a faster thread can take more.
+    :data:`PIECES` for each thread the work is worth, so that a faster thread can take more,
+    but none smaller than :data:`MIN_CELLS` (handing out a block costs too).
     """
     used = n_threads(cells)
-    return 1 if used == 1 else used * PIECES
+    return 1 if used == 1 else min(used * PIECES, cells // MIN_CELLS)
 
 
 def bounds(weights: np.ndarray, blocks: int) -> list[slice]:
