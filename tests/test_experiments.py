@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -395,6 +396,7 @@ def test_ctrl_c_stops_a_cluster_sweep_cleanly_and_resume_finishes_it(tmp_path):
         )
 
 
+@pytest.mark.filterwarnings("ignore:ipyparallel not installed:UserWarning")  # EMA's own import
 def test_ema_workbench_drives_the_model(tmp_path):
     from ema_workbench import perform_experiments
 
@@ -435,13 +437,18 @@ def test_sensitivity_sweeps_write_their_index_tables(tmp_path, design, samples, 
         ticks=6,
         parameters={"tariff_rate": {"low": 0.0, "high": 0.4}, "logit_beta": {"low": 4, "high": 12}},
     )
-    results = sweep(path, workers=0, out=tmp_path / "runs", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = sweep(path, workers=0, out=tmp_path / "runs", progress=False)
     assert len(results.experiments) == runs and results.complete
     table = pd.read_csv(results.path / "analysis" / f"{design}.csv")
     varying = results.outcomes.drop(columns=["run_id", "status", "error", "seconds"]).nunique()
-    # outcomes × parameters; Sobol indices of an outcome that never varies are undefined
+    # outcomes × parameters; Sobol indices of an outcome that never varies are undefined, and
+    # each such outcome is named in a warning
     outcomes = 3 if design == "morris" else (varying > 1).sum()
     assert len(table) == 2 * outcomes
+    unindexed = [str(w.message).split(":")[0] for w in caught if "no Sobol" in str(w.message)]
+    assert unindexed == ([] if design == "morris" else list(varying.index[varying <= 1]))
     assert (results.path / "analysis" / "sensitivity.png").is_file()
     revenue = table[table["outcome"] == "tariff_revenue_usd_million_sum"].set_index("parameter")
     # tariff revenue is driven by the tariff, far more than by route-choice sensitivity
