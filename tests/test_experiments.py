@@ -471,3 +471,18 @@ def test_abm_analyze_rewrites_the_analysis_and_refuses_a_non_sweep(tmp_path, clu
     assert (results.path / "analysis" / "outcomes_by_point.csv").is_file()
     refused = abm("analyze", str(tmp_path))
     assert refused.returncode == 2 and "not a sweep folder" in refused.stderr
+
+
+def test_the_embedded_cluster_turns_down_dask_housekeeping():
+    """Its workers run without Dask's statistical profiler and with slower health checks,
+    which otherwise take the GIL from the runs; this process's own settings stay as they were."""
+    import dask
+    from distributed import default_client
+
+    from abm import sweeps as sweeps_module
+
+    keys = list(sweeps_module.QUIET_CLUSTER)
+    with sweeps_module._executor(1, None):
+        seen = default_client().run(lambda: {key: dask.config.get(key) for key in keys})
+    assert list(seen.values()) == [sweeps_module.QUIET_CLUSTER]
+    assert dask.config.get("distributed.worker.profile.enabled") is True
