@@ -473,6 +473,8 @@ def test_abm_analyze_rewrites_the_analysis_and_refuses_a_non_sweep(tmp_path, clu
     assert refused.returncode == 2 and "not a sweep folder" in refused.stderr
 
 
+# the module's other cluster may hold Dask's default HTTP port: the scheduler then takes another
+@pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning")
 def test_the_embedded_cluster_turns_down_dask_housekeeping():
     """Its workers run without Dask's statistical profiler and with slower health checks,
     which otherwise take the GIL from the runs; this process's own settings stay as they were."""
