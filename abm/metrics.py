@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import mesa
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from abm import market, provenance
 from abm.world import (
@@ -832,7 +833,8 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
     """Flows of every collected tick: tick, seller, buyer, product, countries, prices.
 
     At ``flow_log: countries`` a row is a product's flow between two countries, its seller
-    and buyer the country codes; at ``none`` the frame is empty.
+    and buyer the country codes; at ``none`` the frame is empty. The name columns are pandas'
+    default string dtype, built from each name's index (:func:`_labels`).
     """
     columns = [
         "tick",
@@ -850,36 +852,47 @@ def flows_frame(model: RareEarthModel) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     w = model.world
     e = w.edges
-    countries = np.array(w.layout.countries)
+    countries = w.layout.countries
     if "key" in model.flow_log[0]:  # product and country pair
         log = _concatenated(model.flow_log)
         product, pair = np.divmod(log["key"], w.layout.n_countries**2)
-        seller_country, buyer_country = (
-            countries[c] for c in np.divmod(pair, w.layout.n_countries)
-        )
-        seller, buyer = seller_country, buyer_country
+        seller_country, buyer_country = np.divmod(pair, w.layout.n_countries)
+        names, seller, buyer = countries, seller_country, buyer_country
     else:
         log = _concatenated([_edge_rows(entry, e.seller) for entry in model.flow_log])
         edge = log["edge"]
         product = e.product[edge]
-        seller_country = countries[e.seller_country[edge]]
-        buyer_country = countries[e.buyer_country[edge]]
-        names = np.array([a.name for a in model._row_agent])
-        seller, buyer = names[e.seller[edge]], names[e.buyer[edge]]
+        seller_country, buyer_country = e.seller_country[edge], e.buyer_country[edge]
+        names = [a.name for a in model._row_agent]
+        seller, buyer = e.seller[edge], e.buyer[edge]
     return pd.DataFrame(
         {
             "tick": log["tick"],
-            "seller": seller,
-            "buyer": buyer,
-            "product": np.array(w.products)[product],
-            "seller_country": seller_country,
-            "buyer_country": buyer_country,
+            "seller": _labels(names, seller),
+            "buyer": _labels(names, buyer),
+            "product": _labels(w.products, product),
+            "seller_country": _labels(countries, seller_country),
+            "buyer_country": _labels(countries, buyer_country),
             "flow_t": log["flow_t"],
             "ask_usd_per_kg": log["ask_usd_per_kg"],
             "landed_usd_per_kg": log["landed_usd_per_kg"],
             "touched_cn_share": log["touched_cn_share"],
         }
     )
+
+
+def _labels(names: list[str], index: np.ndarray) -> Any:
+    """``names[index]`` as a column of pandas' default string dtype.
+
+    Where pandas keeps strings in Arrow (pandas 3), Arrow's ``take`` builds the column from
+    the names in one pass (a 100,000-buyer world's 2.3 million rows a tick: about 25 ms a
+    column instead of 0.6 s through Python strings); otherwise a NumPy array of objects.
+    """
+    dtype = pd.Series(["x"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        taken = pa.array(names, type=pa.large_string()).take(pa.array(index))
+        return pd.array(taken, dtype=dtype)
+    return np.asarray(names, dtype=object)[index]
 
 
 def consumption_record(model: RareEarthModel) -> dict[str, np.ndarray]:

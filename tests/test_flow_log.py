@@ -164,3 +164,19 @@ def test_country_means_are_the_sums_of_flow_times_price_edge_after_edge():
     ):
         plain = np.bincount(key, e.flow_t * value, minlength=len(total))[cells] / total[cells]
         np.testing.assert_array_equal(record[name], plain, err_msg=name)
+
+
+@pytest.mark.parametrize("arrow_strings", [True, False])
+@pytest.mark.filterwarnings("ignore:The 'future.infer_string' option is deprecated")
+def test_name_columns_are_the_column_pandas_builds_from_the_names(arrow_strings):
+    """The frame's names are taken by index (by Arrow where pandas keeps strings there)."""
+    from abm.metrics import _labels
+
+    rng = np.random.default_rng(0)
+    names = [f"buyer_{i}" for i in range(50)] + ["", "Ünïcode"]
+    with pd.option_context("future.infer_string", arrow_strings):
+        for index in (rng.integers(0, len(names), 1000), np.zeros(0, dtype=np.intp)):
+            built = pd.Series(_labels(names, index))
+            expected = pd.Series(np.array(names)[index])
+            assert built.dtype == expected.dtype == pd.Series(["x"]).dtype
+            pd.testing.assert_series_equal(built, expected)
