@@ -131,6 +131,16 @@ class Layout:
             raise ValueError(f"no provenance cell for material mined in {mined}, {where}")
         return int(cell)
 
+    def origin_cells(self, mine_country: np.ndarray, processing_country: np.ndarray) -> np.ndarray:
+        """:meth:`origin_cell` for arrays of countries (``n_countries``: not yet processed)."""
+        n = self.n_countries
+        cells = self._grid[mine_country * (n + 1) + processing_country]
+        if (cells < 0).any():  # the first cell missing raises, named
+            r = int(np.flatnonzero(cells < 0)[0])
+            processed = int(processing_country[r])
+            self.origin_cell(int(mine_country[r]), None if processed == n else processed)
+        return cells
+
     def origin_pair(self, cell: int) -> tuple[int, int | None]:
         """The (mining country, separation country or None) of a provenance cell."""
         separated = int(self.cell_separated[cell])
@@ -534,22 +544,24 @@ def _build_stocks(
     china = layout.countries.index(s.china)
     prices = np.array([s.initial_prices_usd_per_kg[p] for p in products])
     n_e = len(layout.elements)
-    for r in range(n):
-        name = products[product[r]]
-        c = country[r]
-        # a fresh lot is homogeneous; the attributes only matter once it holds material
+    # a fresh lot is homogeneous; the attributes only matter once it holds material. Ore is
+    # mined where it is held and not yet separated; anything else was separated there.
+    comp = np.zeros((len(products), n_e))  # per product: a lot's composition
+    for p, name in enumerate(products):
         if name == "concentrate":
-            comp = producers.composition[owner[r]] if kind[r] == MINE else np.full(n_e, 1 / n_e)
-            attrs[r, layout.origin_cell(c, None)] = 1.0
-            attrs[r, layout.composition] = comp
+            comp[p] = np.full(n_e, 1 / n_e)  # a plant's ore stock, before it holds any
+        elif name == "magnet":
+            comp[p] = recipe / recipe.sum()
         else:
-            attrs[r, layout.origin_cell(c, c)] = 1.0
-            attrs[r, layout.processed_cn] = float(c == china)
-            if name == "magnet":
-                attrs[r, layout.composition] = recipe / recipe.sum()
-            else:
-                attrs[r, layout.composition][layout.elements.index(name.split(":", 1)[1])] = 1
-        attrs[r, layout.touched_cn] = float(c == china)
+            comp[p, layout.elements.index(name.split(":", 1)[1])] = 1
+    ore = np.isin(product, [p for p, name in enumerate(products) if name == "concentrate"])
+    unprocessed = layout.n_countries
+    attrs[np.arange(n), layout.origin_cells(country, np.where(ore, unprocessed, country))] = 1.0
+    attrs[~ore, layout.processed_cn] = country[~ore] == china
+    attrs[:, layout.composition] = comp[product]
+    mines = ore & (kind == MINE)
+    attrs[mines, layout.composition] = producers.composition[owner[mines]]
+    attrs[:, layout.touched_cn] = country == china
     ask = prices[product].astype(float)
     return Stocks(
         product=product,

@@ -71,6 +71,12 @@ def test_a_narrow_layout_keeps_its_cells_in_the_order_of_the_full_grid():
         NARROW.origin_cell(1, None)
     with pytest.raises(ValueError, match="mined in CN, separated in JP"):
         NARROW.origin_cell(0, 3)
+    unprocessed = NARROW.n_countries  # origin_cells: the same cells, for arrays of countries
+    mined = np.array([m for m, _ in grid])
+    separated = np.array([unprocessed if s is None else s for _, s in grid])
+    assert NARROW.origin_cells(mined, separated).tolist() == list(range(NARROW.n_origin))
+    with pytest.raises(ValueError, match="mined in US, unprocessed"):
+        NARROW.origin_cells(np.array([0, 1, 0]), np.array([0, unprocessed, 3]))
 
 
 def test_a_narrow_layout_processes_and_reads_like_the_full_grid():

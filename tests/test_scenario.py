@@ -71,3 +71,37 @@ def test_yaml_tags_cannot_execute_code(tmp_path):
     bad.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ScenarioError, match="not valid YAML"):
         load_scenario(bad)
+
+
+def _containers(node, seen=None):
+    """Ids of every dict, list and model reachable from ``node``."""
+    from pydantic import BaseModel
+
+    seen = set() if seen is None else seen
+    if isinstance(node, BaseModel):
+        seen.add(id(node))
+        for value in node.__dict__.values():
+            _containers(value, seen)
+    elif isinstance(node, dict | list):
+        seen.add(id(node))
+        for value in node.values() if isinstance(node, dict) else node:
+            _containers(value, seen)
+    return seen
+
+
+@pytest.mark.parametrize("config", ["baseline", "export_controls_2025", "tests/small"])
+def test_building_a_scenario_neither_changes_nor_keeps_the_callers_data(config):
+    """The data is copied before defaults merge into it (entry lists one level deep only)."""
+    import copy
+
+    from abm.scenario import _resolve, build_scenario
+
+    data = _resolve(CONFIGS / f"{config}.yaml")
+    tariff = {"origin": "china", "destination": "alliance", "product": "magnet", "rate": 0.1}
+    data["events"] = [{"at": 3, "set": {"policies.tariffs": [tariff]}}]
+    before = copy.deepcopy(data)
+    scenario = build_scenario(data)
+    assert data == before
+    assert not _containers(scenario) & _containers(data)
+    kept = scenario.events[0].set["policies.tariffs"]  # a value of no declared type
+    assert kept == [tariff] and kept is not data["events"][0]["set"]["policies.tariffs"]
