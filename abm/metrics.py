@@ -885,8 +885,9 @@ def _labels(names: list[str], index: np.ndarray) -> Any:
     """``names[index]`` as a column of pandas' default string dtype.
 
     Where pandas keeps strings in Arrow (pandas 3), Arrow's ``take`` builds the column from
-    the names in one pass (a 100,000-buyer world's 2.3 million rows a tick: about 25 ms a
-    column instead of 0.6 s through Python strings); otherwise a NumPy array of objects.
+    the names in one pass, with no Python string per row (three ticks of a 100,000-buyer
+    world, 6.9 million rows: the frame in 3.2 s instead of 10.4 s); otherwise a NumPy array
+    of objects.
     """
     dtype = pd.Series(["x"]).dtype
     if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
