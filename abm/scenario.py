@@ -820,7 +820,7 @@ def _check_cross_fields(s: Scenario, standing: bool = True) -> None:
         _check_elements(s, s.magnet.recipe_t_per_t, "magnet.recipe_t_per_t", partial=True)
         _check_recipe(s.magnet.recipe_t_per_t)
     names: set[str] = set()
-    for section in ("mines", "processors", "buyers", "projects"):
+    for section in _ENTRY_SECTIONS:
         for i, entry in enumerate(getattr(s, section)):
             where = f"{section}.{i}"
             if entry.name in names:

@@ -549,12 +549,12 @@ def _build_stocks(
     comp = np.zeros((len(products), n_e))  # per product: a lot's composition
     for p, name in enumerate(products):
         if name == "concentrate":
-            comp[p] = np.full(n_e, 1 / n_e)  # a plant's ore stock, before it holds any
+            comp[p] = 1 / n_e  # a plant's ore stock, before it holds any
         elif name == "magnet":
             comp[p] = recipe / recipe.sum()
         else:
             comp[p, layout.elements.index(name.split(":", 1)[1])] = 1
-    ore = np.isin(product, [p for p, name in enumerate(products) if name == "concentrate"])
+    ore = product == products.index("concentrate")  # per row
     unprocessed = layout.n_countries
     attrs[np.arange(n), layout.origin_cells(country, np.where(ore, unprocessed, country))] = 1.0
     attrs[~ore, layout.processed_cn] = country[~ore] == china
